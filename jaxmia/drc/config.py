@@ -1,0 +1,183 @@
+"""The typed, frozen configuration of a DRC run and the restoration tasks it defines.
+
+A task τ = (mask kind, hole ratio ρ, mask index) is one degrade-and-restore experiment applied to
+every image (mia-methods.md §4.2, "Tasks"). The default set is R = 10 tasks:
+{centre square, random patches} × ρ ∈ {0.1, 0.2, 0.3, 0.4, 0.5}.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Any, Mapping, Optional
+
+MASK_KINDS = ("center", "rect", "patches", "user")
+# Metrics a kernel computes inside the compiled call; "cos" needs a user embed_fn (host side).
+JAX_METRICS = ("mse", "mse_full", "psnr", "ssim")
+METRICS = JAX_METRICS + ("cos",)
+INITS = ("known", "noise")
+
+
+@dataclass(frozen=True)
+class Task:
+    """One restoration task; ``name`` is its stable label in column names and PRNG purposes."""
+
+    kind: str
+    ratio: Optional[float]  # None for the "user" kind (the hole comes with the image)
+    index: int
+    name: str
+
+
+@dataclass(frozen=True)
+class DRCConfig:
+    """Degrade, Restore, Compare: every knob of the jaxmia DRC-style recipe (mia-methods.md §4.2).
+
+    Attributes:
+      kinds: mask families: ``center`` (centre square), ``rect`` (one random rectangle), ``patches``
+        (random grid patches), ``user`` (a hole supplied per image; no ratio).
+      ratios: hole ratios ρ ∈ (0, 1) for the built-in kinds (the paper's range is 0.1–0.5).
+      n_masks: masks per (kind, ratio): index i gives a different random draw (``_m{i}`` suffix
+        in task names when > 1). The centre square is deterministic, so it always has one.
+      patch_size: side of a patch in pixels; None scales it with the image: 4 px at 32 px.
+      per_image_masks: draw each image its own mask (key folded with the image id). Default
+        False: all images share a task's mask, so members and non-members face identical tasks.
+      strength: s ∈ (0, 1]; the restoration starts at t_start = round(s·T) − 1 (the paper's
+        "inverted ratio" analogue).
+      steps: K, evenly spaced sampling steps from t_start; one network call each.
+      eta: η ∈ [0, 1]; 0 = DDIM (default), 1 = DDPM ancestral.
+      init: ``known``: x ← q(M⊙x0, t_start, ε) (the hole starts mid-grey); ``noise``: x ← ε.
+      jump_length, n_resample: RePaint resampling (Lugmayr et al., CVPR 2022): every
+        ``jump_length`` steps re-noise forward by that many steps and redo them, ``n_resample``
+        times in all. ``n_resample = 1`` (default) disables it; RePaint uses 10 and 10.
+      metrics: the per-task metrics written as feature columns (see :mod:`jaxmia.drc.metrics`).
+      score_metric: the metric aggregated across tasks (mean z-score, agree number).
+      ssim_window, ssim_sigma: Gaussian SSIM window (11, 1.5 as Wang et al. 2004; 7 is an option
+        for images of 32 px or less).
+      agree_quantile: the calibration non-member quantile θ_τ of the agree number.
+    """
+
+    kinds: tuple = ("center", "patches")
+    ratios: tuple = (0.1, 0.2, 0.3, 0.4, 0.5)
+    n_masks: int = 1
+    patch_size: Optional[int] = None
+    per_image_masks: bool = False
+    strength: float = 0.5
+    steps: int = 50
+    eta: float = 0.0
+    init: str = "known"
+    jump_length: int = 10
+    n_resample: int = 1
+    metrics: tuple = ("mse", "psnr", "ssim")
+    score_metric: str = "psnr"
+    ssim_window: int = 11
+    ssim_sigma: float = 1.5
+    agree_quantile: float = 0.9
+
+    def __post_init__(self):
+        kinds = _as_tuple(self.kinds, "kinds", str)
+        ratios = tuple(float(r) for r in _as_tuple(self.ratios, "ratios", (int, float)))
+        metrics = _as_tuple(self.metrics, "metrics", str)
+        object.__setattr__(self, "kinds", kinds)
+        object.__setattr__(self, "ratios", ratios)
+        object.__setattr__(self, "metrics", metrics)
+        _check(len(kinds) > 0, "kinds", kinds, "at least one mask kind")
+        for k in kinds:
+            _check(k in MASK_KINDS, "kinds", k, f"one of {', '.join(MASK_KINDS)}")
+        _check(len(set(kinds)) == len(kinds), "kinds", kinds, "no repeated kind")
+        if any(k != "user" for k in kinds):
+            _check(len(ratios) > 0, "ratios", ratios, "at least one ratio")
+        for r in ratios:
+            _check(0.0 < r < 1.0 and math.isfinite(r), "ratios", r, "a hole ratio in (0, 1)")
+        _check(len(set(ratios)) == len(ratios), "ratios", ratios, "no repeated ratio")
+        _check(_is_int(self.n_masks) and self.n_masks >= 1, "n_masks", self.n_masks, "an int >= 1")
+        _check(self.patch_size is None or (_is_int(self.patch_size) and self.patch_size >= 1),
+               "patch_size", self.patch_size, "None or an int >= 1")
+        _check(isinstance(self.per_image_masks, bool), "per_image_masks", self.per_image_masks, "a bool")
+        _check(0.0 < float(self.strength) <= 1.0, "strength", self.strength, "a strength in (0, 1]")
+        _check(_is_int(self.steps) and self.steps >= 1, "steps", self.steps, "an int >= 1")
+        _check(0.0 <= float(self.eta) <= 1.0, "eta", self.eta, "η in [0, 1]")
+        _check(self.init in INITS, "init", self.init, f"one of {', '.join(INITS)}")
+        _check(_is_int(self.jump_length) and self.jump_length >= 1, "jump_length", self.jump_length, "an int >= 1")
+        _check(_is_int(self.n_resample) and self.n_resample >= 1, "n_resample", self.n_resample, "an int >= 1")
+        _check(len(metrics) > 0, "metrics", metrics, "at least one metric")
+        for m in metrics:
+            _check(m in METRICS, "metrics", m, f"one of {', '.join(METRICS)}")
+        _check(len(set(metrics)) == len(metrics), "metrics", metrics, "no repeated metric")
+        _check(self.score_metric in metrics, "score_metric", self.score_metric,
+               f"one of the exported metrics ({', '.join(metrics)})")
+        _check(_is_int(self.ssim_window) and self.ssim_window >= 3 and self.ssim_window % 2 == 1,
+               "ssim_window", self.ssim_window, "an odd int >= 3")
+        _check(float(self.ssim_sigma) > 0, "ssim_sigma", self.ssim_sigma, "a positive float")
+        _check(0.0 < float(self.agree_quantile) < 1.0, "agree_quantile", self.agree_quantile, "a quantile in (0, 1)")
+        for name in ("strength", "eta", "ssim_sigma", "agree_quantile"):
+            object.__setattr__(self, name, float(getattr(self, name)))
+        names = [t.name for t in tasks(self)]
+        _check(len(set(names)) == len(names), "ratios", ratios, "ratios whose task names differ")
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> "DRCConfig":
+        """Builds a config from a mapping; an unknown key is an error naming it (a locked config)."""
+        known = [f.name for f in dataclasses.fields(cls)]
+        unknown = sorted(set(values) - set(known))
+        if unknown:
+            raise ValueError(f"DRCConfig: unknown field(s) {', '.join(map(repr, unknown))}; known: {', '.join(known)}")
+        return cls(**dict(values))
+
+    def replace(self, **overrides) -> "DRCConfig":
+        """A copy with ``overrides`` applied (unknown names refused, as in :meth:`from_dict`)."""
+        return DRCConfig.from_dict({**self.to_dict(), **overrides})
+
+    def to_dict(self) -> dict:
+        """JSON-ready resolved config (tuples as lists)."""
+        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(self).items()}
+
+    @property
+    def jax_metrics(self) -> tuple:
+        """The exported metrics computed inside the compiled call (all but ``cos``)."""
+        return tuple(m for m in self.metrics if m in JAX_METRICS)
+
+
+def tasks(cfg: DRCConfig) -> list[Task]:
+    """The restoration tasks of ``cfg``, kind-major, then ratio, then mask index."""
+    out = []
+    for kind in cfg.kinds:
+        if kind == "user":
+            out.append(Task("user", None, 0, "user"))
+            continue
+        n = 1 if kind == "center" else cfg.n_masks  # the centre square has no randomness
+        for ratio in cfg.ratios:
+            for index in range(n):
+                suffix = f"_m{index}" if cfg.n_masks > 1 and kind != "center" else ""
+                out.append(Task(kind, ratio, index, f"{kind}_r{_ratio_label(ratio)}{suffix}"))
+    return out
+
+
+def _ratio_label(ratio: float) -> str:
+    """0.1 → "10", 0.05 → "05", 0.125 → "12p5": the hole ratio in percent."""
+    pct = round(ratio * 100, 6)
+    if pct == int(pct):
+        return f"{int(pct):02d}"
+    return f"{pct:g}".replace(".", "p")
+
+
+def _as_tuple(value, name, types) -> tuple:
+    if isinstance(value, str):
+        value = tuple(v.strip() for v in value.split(",") if v.strip())
+    try:
+        out = tuple(value)
+    except TypeError:
+        raise ValueError(f"DRCConfig.{name}: expected a sequence, got {value!r}") from None
+    for v in out:
+        if not isinstance(v, types) or isinstance(v, bool):
+            raise ValueError(f"DRCConfig.{name}: bad entry {v!r}")
+    return out
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _check(ok: bool, name: str, value, expected: str) -> None:
+    if not ok:
+        raise ValueError(f"DRCConfig.{name}: got {value!r}, expected {expected}")
