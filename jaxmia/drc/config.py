@@ -94,9 +94,11 @@ class DRCConfig:
         _check(self.patch_size is None or (_is_int(self.patch_size) and self.patch_size >= 1),
                "patch_size", self.patch_size, "None or an int >= 1")
         _check(isinstance(self.per_image_masks, bool), "per_image_masks", self.per_image_masks, "a bool")
-        _check(0.0 < float(self.strength) <= 1.0, "strength", self.strength, "a strength in (0, 1]")
+        for name in ("strength", "eta", "ssim_sigma", "agree_quantile"):
+            object.__setattr__(self, name, _as_float(getattr(self, name), name))
+        _check(0.0 < self.strength <= 1.0, "strength", self.strength, "a strength in (0, 1]")
         _check(_is_int(self.steps) and self.steps >= 1, "steps", self.steps, "an int >= 1")
-        _check(0.0 <= float(self.eta) <= 1.0, "eta", self.eta, "η in [0, 1]")
+        _check(0.0 <= self.eta <= 1.0, "eta", self.eta, "η in [0, 1]")
         _check(self.init in INITS, "init", self.init, f"one of {', '.join(INITS)}")
         _check(_is_int(self.jump_length) and self.jump_length >= 1, "jump_length", self.jump_length, "an int >= 1")
         _check(_is_int(self.n_resample) and self.n_resample >= 1, "n_resample", self.n_resample, "an int >= 1")
@@ -108,10 +110,8 @@ class DRCConfig:
                f"one of the exported metrics ({', '.join(metrics)})")
         _check(_is_int(self.ssim_window) and self.ssim_window >= 3 and self.ssim_window % 2 == 1,
                "ssim_window", self.ssim_window, "an odd int >= 3")
-        _check(float(self.ssim_sigma) > 0, "ssim_sigma", self.ssim_sigma, "a positive float")
-        _check(0.0 < float(self.agree_quantile) < 1.0, "agree_quantile", self.agree_quantile, "a quantile in (0, 1)")
-        for name in ("strength", "eta", "ssim_sigma", "agree_quantile"):
-            object.__setattr__(self, name, float(getattr(self, name)))
+        _check(self.ssim_sigma > 0, "ssim_sigma", self.ssim_sigma, "a positive float")
+        _check(0.0 < self.agree_quantile < 1.0, "agree_quantile", self.agree_quantile, "a quantile in (0, 1)")
         names = [t.name for t in tasks(self)]
         _check(len(set(names)) == len(names), "ratios", ratios, "ratios whose task names differ")
 
@@ -172,6 +172,12 @@ def _as_tuple(value, name, types) -> tuple:
         if not isinstance(v, types) or isinstance(v, bool):
             raise ValueError(f"DRCConfig.{name}: bad entry {v!r}")
     return out
+
+
+def _as_float(value, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ValueError(f"DRCConfig.{name}: got {value!r}, expected a finite number")
+    return float(value)
 
 
 def _is_int(v) -> bool:

@@ -64,10 +64,14 @@ def rect_mask(height: int, width: int, ratio: float, key) -> jnp.ndarray:
     ρHW. The top-left corner is uniform over the positions that keep the hole inside the image.
     """
     _check_ratio(ratio)
+    return _rect_known(height, width, ratio * height * width, key)
+
+
+def _rect_known(height: int, width: int, area, key):
+    """:func:`rect_mask` with a traced target ``area`` (vmappable over tasks)."""
     k_aspect, k_top, k_left = jax.random.split(key, 3)
-    area = ratio * height * width
     log_a = jax.random.uniform(k_aspect, (), minval=-math.log(RECT_MAX_ASPECT), maxval=math.log(RECT_MAX_ASPECT))
-    h_min = max(1, math.ceil(area / width - 1e-9))
+    h_min = jnp.maximum(1.0, jnp.ceil(area / width - 1e-6))
     h = jnp.clip(jnp.floor(jnp.sqrt(area * jnp.exp(log_a)) + 0.5), h_min, height).astype(jnp.int32)
     w = jnp.clip(jnp.floor(area / h + 0.5), 1, width).astype(jnp.int32)
     top = jnp.floor(jax.random.uniform(k_top, ()) * (height - h + 1)).astype(jnp.int32)
@@ -109,16 +113,20 @@ def patch_grid(height: int, width: int, patch_size: Optional[int] = None) -> tup
 def patch_mask(height: int, width: int, ratio: float, key, *, patch_size: Optional[int] = None) -> jnp.ndarray:
     """Random grid patches covering ≈ ρ of the image, chosen by ``key``.
 
-    The patches are taken in a random order (a key-drawn permutation) and the prefix whose total
+    The patches are taken in a random order (argsort of key-drawn uniforms) and the prefix whose total
     area is closest to ρ·H·W is the hole (at least one patch). With equal patches this is
     ``round(ρ·#patches)`` patches; in all cases the achieved area is within half a patch of ρ·H·W.
     """
     _check_ratio(ratio)
     cell, areas = patch_grid(height, width, patch_size)
-    n = areas.shape[0]
-    order = jax.random.permutation(key, n)
+    return _patch_known(cell, areas, ratio * height * width, key)
+
+
+def _patch_known(cell: np.ndarray, areas: np.ndarray, target, key):
+    """:func:`patch_mask` on a given grid with a traced target area (vmappable over tasks)."""
+    order = jnp.argsort(jax.random.uniform(key, (areas.shape[0],)))  # a random order of the cells (one sort)
     cum = jnp.cumsum(jnp.asarray(areas)[order])
-    count = 1 + jnp.argmin(jnp.abs(cum - ratio * height * width))  # prefix length, >= 1
+    count = 1 + jnp.argmin(jnp.abs(cum - target))  # prefix length, >= 1
     rank = jnp.argsort(order)  # rank[c]: position of cell c in the random order
     hole = rank[jnp.asarray(cell)] < count
     return 1.0 - hole.astype(jnp.float32)
@@ -139,29 +147,60 @@ def hole_fraction(mask) -> jnp.ndarray:
     return 1.0 - jnp.mean(mask)
 
 
-def mask_key(root, task: Task, id_hash=None):
-    """The key of a task's mask: shared by all images, or folded with the image id when given."""
-    purpose = f"drc-mask:{task.name}"
-    if id_hash is None:
-        return jax.random.fold_in(root, rng.purpose_word(purpose))
-    return rng.key_for(root, id_hash, purpose)
+def purpose_keys(root, purposes, id_hash=None):
+    """Keys for several purposes at once, vectorised (one traced hash instead of one per purpose).
+
+    Equal to ``jax.random.fold_in(root, purpose_word(p))`` without ``id_hash`` and to
+    :func:`jaxmia.rng.key_for` ``(root, id_hash, p)`` with it.
+    """
+    words = jnp.asarray([rng.purpose_word(p) for p in purposes], jnp.uint32)
+
+    def one(word):
+        k = jax.random.fold_in(root, word)
+        if id_hash is None:
+            return k
+        return jax.random.fold_in(jax.random.fold_in(k, id_hash[0]), id_hash[1])
+
+    return jax.vmap(one)(words)
+
+
+def mask_purpose(task: Task) -> str:
+    return f"drc-mask:{task.name}"
 
 
 def task_masks(cfg: DRCConfig, height: int, width: int, root, id_hash, user_mask=None) -> jnp.ndarray:
     """(R, H, W) masks of one image for the R tasks of ``cfg`` (jittable; ``id_hash`` is (2,) uint32).
 
+    A task's mask key is ``fold_in(root, purpose_word("drc-mask:" + name))``, shared by all images,
+    or :func:`jaxmia.rng.key_for` ``(root, id_hash, "drc-mask:" + name)`` under ``per_image_masks``.
+    Random kinds are built vmapped over their tasks, so compile time does not grow with R.
+
     Args:
       user_mask: this image's (H, W) known-region mask for the ``user`` kind, else None.
     """
-    out = []
-    for task in tasks(cfg):
-        if task.kind == "user":
+    task_list = tasks(cfg)
+    out = [None] * len(task_list)
+    for kind in cfg.kinds:
+        idx = [i for i, t in enumerate(task_list) if t.kind == kind]
+        if kind == "user":
             if user_mask is None:
                 raise ValueError("mask kind 'user' needs a hole per image (pass holes=...)")
-            out.append(jnp.asarray(user_mask, jnp.float32))
+            out[idx[0]] = jnp.asarray(user_mask, jnp.float32)
             continue
-        key = mask_key(root, task, id_hash if cfg.per_image_masks else None)
-        out.append(make_mask(height, width, task.kind, task.ratio, key, patch_size=cfg.patch_size))
+        if kind == "center":
+            for i in idx:
+                out[i] = center_mask(height, width, task_list[i].ratio)
+            continue
+        keys = purpose_keys(root, [mask_purpose(task_list[i]) for i in idx],
+                            id_hash if cfg.per_image_masks else None)
+        targets = jnp.asarray([task_list[i].ratio * height * width for i in idx], jnp.float32)
+        if kind == "rect":
+            built = jax.vmap(lambda a, k: _rect_known(height, width, a, k))(targets, keys)
+        else:
+            cell, areas = patch_grid(height, width, cfg.patch_size)
+            built = jax.vmap(lambda a, k: _patch_known(cell, areas, a, k))(targets, keys)
+        for j, i in enumerate(idx):
+            out[i] = built[j]
     return jnp.stack(out)
 
 

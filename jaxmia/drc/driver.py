@@ -1,0 +1,283 @@
+"""The DRC driver: score a dataset, write the feature table and the evidence images.
+
+One compiled call per batch (``jit_drc_batch``: every image × every task, the whole sampling scan
+inside), data-parallel over the local devices. Results do not depend on the batch size or the
+device count: all randomness is keyed by (seed, image id, task name).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import time
+from pathlib import Path
+from typing import Callable, Optional
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+import jaxmia
+from jaxmia import rng
+from jaxmia.data import Dataset, iter_batches
+from jaxmia.drc.config import DRCConfig, tasks
+from jaxmia.drc.evidence import evidence_grid, safe_filename, summary_grid
+from jaxmia.drc.features import drc_one
+from jaxmia.drc.masks import user_masks
+from jaxmia.drc.metrics import ORIENTATION, cosine_similarity, orient
+from jaxmia.drc.restore import network_calls_per_image, plan_for
+from jaxmia.progress import Progress
+from jaxmia.table import FeatureTable, save_table
+
+METHOD_LABEL = "DRC-style (jaxmia recipe)"
+TABLE_NAME = "drc_scores.npz"
+
+
+# Static: cfg (hashable frozen dataclass) and with_images (whether restorations leave the device).
+@functools.partial(jax.jit, static_argnames=("cfg", "with_images"))
+def jit_drc_batch(denoiser, images, cond, id_hash, user_mask, root, *, cfg: DRCConfig, with_images: bool):
+    """:func:`~jaxmia.drc.features.drc_one` vmapped over a batch; restorations only if asked."""
+    per_example = functools.partial(drc_one, cfg=cfg)
+    out = jax.vmap(per_example, in_axes=(None, 0, 0, 0, None, 0))(denoiser, images, cond, id_hash, root, user_mask)
+    if not with_images:
+        out = {k: v for k, v in out.items() if k not in ("restored", "masks")}
+    return out
+
+
+def _check_inputs(denoiser, dataset: Dataset, cfg: DRCConfig, holes, embed_fn) -> None:
+    if tuple(dataset.image_shape) != tuple(denoiser.input_shape):
+        raise ValueError(f"{dataset.source or 'dataset'}: images are {dataset.image_shape} (H, W, C) but the model "
+                         f"takes {tuple(denoiser.input_shape)}")
+    if denoiser.cond_kind != "none" and dataset.cond is None:
+        raise ValueError(f"{dataset.source or 'dataset'}: the model is {denoiser.cond_kind}-conditional but the "
+                         "data carry no conditioning")
+    if "user" in cfg.kinds and holes is None:
+        raise ValueError("mask kind 'user' needs holes=... (hole arrays or boxes per image)")
+    if "user" not in cfg.kinds and holes is not None:
+        raise ValueError("holes=... given but 'user' is not among the mask kinds")
+    if "cos" in cfg.metrics and embed_fn is None:
+        raise ValueError("metric 'cos' needs embed_fn=... (a local embedding network)")
+    if embed_fn is not None and "cos" not in cfg.metrics:
+        raise ValueError("embed_fn=... given but 'cos' is not among the metrics")
+    if len(dataset) == 0:
+        raise ValueError(f"{dataset.source or 'dataset'}: no images")
+
+
+class _Runner:
+    """Runs jit_drc_batch over rows of a dataset, sharded over the devices."""
+
+    def __init__(self, denoiser, dataset, cfg, root, masks_by_row, batch_size, devices):
+        self.dataset, self.cfg, self.root = dataset, cfg, root
+        self.masks_by_row = masks_by_row
+        self.mesh = Mesh(np.asarray(devices), ("data",))
+        n_dev = len(devices)
+        self.batch_size = n_dev * math.ceil(batch_size / n_dev)  # whole rows per device
+        self.denoiser = jax.device_put(denoiser, NamedSharding(self.mesh, PartitionSpec()))
+        self.row_of = {i: k for k, i in enumerate(dataset.ids)}
+        self.use_cond = denoiser.cond_kind != "none"
+
+    def _shard(self, x):
+        return None if x is None else jax.device_put(np.asarray(x), NamedSharding(self.mesh, PartitionSpec("data")))
+
+    def batches(self, ids=None, *, with_images: bool = False):
+        """Yields (ids of the real rows, their images, host dict of their outputs)."""
+        for batch in iter_batches(self.dataset, self.batch_size, ids=ids):
+            real = [i for i, keep in zip(batch.ids, batch.mask) if keep]
+            rows = [self.row_of[i] for i in real]
+            rows += [rows[-1]] * (self.batch_size - len(rows))  # iter_batches pads with the last real row
+            user_mask = None if self.masks_by_row is None else self.masks_by_row[rows]
+            out = jit_drc_batch(
+                self.denoiser, self._shard(batch.x), self._shard(batch.cond if self.use_cond else None),
+                self._shard(batch.id_hash), self._shard(user_mask), self.root, cfg=self.cfg,
+                with_images=with_images,
+            )
+            out = jax.tree_util.tree_map(lambda v: np.asarray(v)[: len(real)], out)
+            yield real, batch.x[: len(real)], out
+
+
+def run_drc(
+    denoiser,
+    dataset: Dataset,
+    cfg: DRCConfig,
+    out_dir,
+    *,
+    batch_size: int = 8,
+    seed: int = 0,
+    progress: bool = True,
+    evidence: int = 4,
+    holes=None,
+    embed_fn: Optional[Callable] = None,
+    devices=None,
+) -> dict:
+    """Degrade-restore-compare every image of ``dataset``; write the table and evidence PNGs.
+
+    "Model Will Tell" (Fu et al., arXiv 2403.08487) as jaxmia's DRC-style recipe
+    (mia-methods.md §4.2). Writes ``out_dir/drc_scores.npz`` (a :class:`~jaxmia.table.FeatureTable`
+    with one column per (metric, task), raw orientation, plus its JSON sidecar with the resolved
+    config, seed, model digest, achieved hole fractions and timings) and, for ``evidence`` > 0,
+    ``out_dir/evidence/<id>.png`` per selected image and ``out_dir/evidence/summary.png``.
+
+    The evidence images are the ``ceil(evidence/2)`` most member-like and ``floor(evidence/2)`` most
+    non-member-like images by the mean over tasks of the within-run percentile rank of the oriented
+    ``cfg.score_metric``: a presentation order only, fitted on nothing and deciding nothing
+    (decisions use :func:`jaxmia.drc.aggregate_table` with a named calibration split).
+
+    Args:
+      holes: for the ``user`` mask kind: (N, H, W) 0/1 arrays (1 = hole) or (N, 4) boxes
+        (top, left, height, width), in dataset order, or one shared (H, W) / (4,).
+      embed_fn: for the ``cos`` metric: ``embed_fn(images (n, H, W, C) in [−1, 1]) -> (n, D)``,
+        called on the host with NumPy arrays (any framework); scored by cosine similarity.
+      batch_size: images per compiled call; the network sees batch_size × R inputs per step
+        (all tasks of all images run together).
+      devices: devices to shard the batch over (default: all local devices). The batch size is
+        rounded up to a multiple of their number (recorded in the sidecar).
+
+    Returns:
+      dict with ``table`` (path), ``columns``, ``n_images``, ``evidence`` (paths), ``summary``
+      (path or None), ``member_like`` / ``nonmember_like`` ids, ``network_calls_per_image`` and
+      ``seconds``.
+    """
+    _check_inputs(denoiser, dataset, cfg, holes, embed_fn)
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if evidence < 0:
+        raise ValueError(f"evidence must be >= 0, got {evidence}")
+    start = time.perf_counter()
+    out_dir = Path(out_dir)
+    task_list = tasks(cfg)
+    task_names = [t.name for t in task_list]
+    plan = plan_for(denoiser, cfg)  # validates strength/steps against the model's T
+    height, width, _ = dataset.image_shape
+    masks_by_row = None if holes is None else user_masks(holes, dataset.ids, height, width)
+    devices = list(jax.local_devices() if devices is None else devices)
+    runner = _Runner(denoiser, dataset, cfg, rng.root_key(seed), masks_by_row, batch_size, devices)
+
+    ids, columns, fractions = [], {m: [] for m in cfg.metrics}, []
+    with Progress("drc", total=len(dataset), enabled=progress) as bar:
+        for real, x, out in runner.batches(with_images=embed_fn is not None):
+            ids += real
+            fractions.append(out["hole_fraction"])
+            for m in cfg.jax_metrics:
+                columns[m].append(out["scores"][m])
+            if embed_fn is not None:
+                columns["cos"].append(_cosine(embed_fn, x, out["restored"]))
+            bar.update(len(real))
+    timing = bar.summary()
+    values = {m: np.concatenate(v, axis=0) for m, v in columns.items()}  # each (N, R)
+    fractions = np.concatenate(fractions, axis=0)
+    names = [f"drc_{m}_{t}" for m in cfg.metrics for t in task_names]
+    table = FeatureTable(
+        ids=np.asarray(ids),
+        names=tuple(names),
+        values=np.concatenate([values[m] for m in cfg.metrics], axis=1),
+        meta=_meta(denoiser, dataset, cfg, seed, runner, devices, plan, task_list, fractions, timing),
+    )
+    table_path = save_table(table, out_dir / TABLE_NAME)
+
+    member_like, nonmember_like, paths, summary = [], [], [], None
+    if evidence > 0:
+        member_like, nonmember_like = _evidence_order(values[cfg.score_metric], cfg.score_metric, ids, evidence)
+        paths, summary = _write_evidence(runner, cfg, values, ids, member_like, nonmember_like, out_dir / "evidence")
+    return {
+        "table": str(table_path),
+        "columns": names,
+        "n_images": len(ids),
+        "evidence": [str(p) for p in paths],
+        "summary": None if summary is None else str(summary),
+        "member_like": member_like,
+        "nonmember_like": nonmember_like,
+        "network_calls_per_image": network_calls_per_image(cfg, denoiser.schedule.num_train_timesteps),
+        "seconds": round(time.perf_counter() - start, 3),
+    }
+
+
+def _cosine(embed_fn, images, restored) -> np.ndarray:
+    """(B, R) cosine similarity of embed_fn(original) and embed_fn(restored)."""
+    b, r = restored.shape[:2]
+    e_orig = np.asarray(embed_fn(np.asarray(images)))
+    e_rest = np.asarray(embed_fn(restored.reshape((b * r,) + restored.shape[2:])))
+    if len(e_orig) != b or len(e_rest) != b * r:
+        raise ValueError(f"embed_fn returned {len(e_orig)} and {len(e_rest)} rows for {b} and {b * r} images")
+    return cosine_similarity(np.repeat(e_orig, r, axis=0), e_rest).reshape(b, r)
+
+
+def _meta(denoiser, dataset, cfg, seed, runner, devices, plan, task_list, fractions, timing) -> dict:
+    task_meta = []
+    for i, t in enumerate(task_list):
+        f = fractions[:, i]
+        task_meta.append({
+            "name": t.name, "kind": t.kind, "ratio": t.ratio, "index": t.index,
+            "hole_fraction": {"mean": float(f.mean()), "min": float(f.min()), "max": float(f.max())},
+        })
+    return {
+        "method": METHOD_LABEL,
+        "feature": "drc",
+        "seed": int(seed),
+        "model_digest": denoiser.digest,
+        "data_source": dataset.source,
+        "n_images": int(fractions.shape[0]),
+        "batch_size": runner.batch_size,
+        "n_devices": len(devices),
+        "versions": {"jaxmia": jaxmia.__version__, "jax": jax.__version__},
+        "timing": timing,
+        "drc": {
+            "config": cfg.to_dict(),
+            "task_names": [t.name for t in task_list],
+            "tasks": task_meta,
+            "orientation": {m: ("higher = member" if ORIENTATION[m] > 0 else "lower = member") for m in cfg.metrics},
+            "t_start": plan.t_start,
+            "timesteps": list(plan.timesteps),
+            "network_calls_per_image": len(task_list) * plan.network_calls,
+        },
+    }
+
+
+def _evidence_order(raw, metric, ids, n) -> tuple[list, list]:
+    """Most member-like and most non-member-like ids by mean within-run percentile rank."""
+    scores = orient(raw, metric)
+    ranks = np.argsort(np.argsort(scores, axis=0, kind="stable"), axis=0, kind="stable") / max(len(ids) - 1, 1)
+    order = np.lexsort((np.arange(len(ids)), -ranks.mean(axis=1)))  # descending, ties by position
+    n = min(n, len(ids))
+    n_member = math.ceil(n / 2)
+    member_like = [ids[i] for i in order[:n_member]]
+    rest = [i for i in order[::-1] if ids[i] not in member_like]
+    nonmember_like = [ids[i] for i in rest[: n - n_member]]
+    return member_like, nonmember_like
+
+
+def _write_evidence(runner, cfg, values, ids, member_like, nonmember_like, folder: Path):
+    """Re-runs the selected images with restorations returned (same keys, so the same results)."""
+    task_names = [t.name for t in tasks(cfg)]
+    metric = cfg.score_metric
+    row = {i: k for k, i in enumerate(ids)}
+    summary_task = _summary_task(cfg)
+    chosen = member_like + nonmember_like
+    images, masks, restored = {}, {}, {}
+    for real, x, out in runner.batches(chosen, with_images=True):
+        for j, sample_id in enumerate(real):
+            images[sample_id], masks[sample_id], restored[sample_id] = x[j], out["masks"][j], out["restored"][j]
+    paths = []
+    for sample_id in chosen:
+        labels = [f"{t}  {metric} {values[metric][row[sample_id], i]:.4g}" for i, t in enumerate(task_names)]
+        paths.append(evidence_grid(images[sample_id], masks[sample_id], restored[sample_id],
+                                   folder / f"{safe_filename(sample_id)}.png", row_labels=labels))
+    captions = [
+        f"{'member-like' if sample_id in member_like else 'non-member-like'}: {sample_id[:32]}  "
+        f"{metric} {values[metric][row[sample_id], summary_task]:.4g}"
+        for sample_id in chosen
+    ]
+    summary = summary_grid(
+        np.stack([images[i] for i in chosen]),
+        np.stack([masks[i][summary_task] for i in chosen]),
+        np.stack([restored[i][summary_task] for i in chosen]),
+        captions, folder / "summary.png",
+    )
+    return paths, summary
+
+
+def _summary_task(cfg: DRCConfig) -> int:
+    """The task shown in the summary grid: the first kind at its largest ratio (the hardest one)."""
+    task_list = tasks(cfg)
+    first = [i for i, t in enumerate(task_list) if t.kind == task_list[0].kind and t.index == 0]
+    return max(first, key=lambda i: task_list[i].ratio or 0.0)
+

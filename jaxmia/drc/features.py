@@ -1,0 +1,74 @@
+"""DRC as a feature producer: the per-example kernel and its column names.
+
+``drc_features`` is the kernel the feature registry (``jaxmia.features``, name ``drc``) vmaps over
+examples: one image in, one scalar per (metric, task) out, e.g. ``drc_mse_center_r10``. Values are
+RAW (MSE lower = member); :data:`jaxmia.drc.metrics.ORIENTATION` says which way each points.
+
+Randomness (style.md §5): the restoration noise of image i and task τ comes from
+``key_for(root, id_hash_i, "drc:" + τ.name)``; a task's mask from ``"drc-mask:" + τ.name`` (shared
+by all images, or folded with the id under ``per_image_masks``). Task names, not positions, key the
+draws, so adding or removing a ratio leaves the other tasks' scores unchanged.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+
+from jaxmia.drc.config import DRCConfig, tasks
+from jaxmia.drc.masks import hole_fraction, purpose_keys, task_masks
+from jaxmia.drc.metrics import compare
+from jaxmia.drc.restore import inpaint_one, plan_for
+
+
+def COLUMNS(cfg: DRCConfig) -> list[str]:  # noqa: N802 (the registry's protocol name)
+    """Feature names of :func:`drc_features`: ``drc_{metric}_{task}``, metric-major."""
+    return [f"drc_{m}_{t.name}" for m in cfg.jax_metrics for t in tasks(cfg)]
+
+
+def drc_one(denoiser, image, cond, id_hash, root, user_mask=None, *, cfg: DRCConfig) -> dict:
+    """Degrade, restore and compare ONE image for every task of ``cfg`` (jittable, vmappable).
+
+    Args:
+      denoiser: the target :class:`~jaxmia.models.Denoiser`.
+      image: (H, W, C) pixel image in [−1, 1].
+      cond: this image's conditioning (None for unconditional models).
+      id_hash: (2,) uint32 hash of the image id (:func:`jaxmia.rng.id_hashes`).
+      root: the run's root key (:func:`jaxmia.rng.root_key`).
+      user_mask: (H, W) known-region mask for the ``user`` kind, else None.
+
+    Returns:
+      dict with ``masks`` (R, H, W), ``restored`` (R, H, W, C), ``hole_fraction`` (R,) and
+      ``scores``: {metric: (R,)} for the pixel metrics of ``cfg`` (raw orientation).
+    """
+    height, width, _ = image.shape
+    task_list = tasks(cfg)
+    masks = task_masks(cfg, height, width, root, id_hash, user_mask)
+    keys = purpose_keys(root, [f"drc:{t.name}" for t in task_list], id_hash)
+    restore = functools.partial(inpaint_one, denoiser, plan=plan_for(denoiser, cfg), eta=cfg.eta, init=cfg.init)
+    restored = jax.vmap(lambda m, k: restore(image, m, k, cond))(masks, keys)
+    score = functools.partial(compare, metrics=cfg.jax_metrics, window=cfg.ssim_window, sigma=cfg.ssim_sigma)
+    scores = jax.vmap(lambda m, y: score(image, y, m))(masks, restored)
+    return {
+        "masks": masks,
+        "restored": restored,
+        "hole_fraction": jax.vmap(hole_fraction)(masks),
+        "scores": scores,
+    }
+
+
+def drc_features(denoiser, x0, cond, id_hash, root, cfg: DRCConfig) -> dict:
+    """Per-example DRC feature kernel: {column: scalar} with the columns of :func:`COLUMNS`.
+
+    "Model Will Tell" (Fu et al., arXiv 2403.08487), as jaxmia's DRC-style recipe
+    (mia-methods.md §4.2). The ``user`` mask kind needs per-image holes and the ``cos`` metric a
+    host-side ``embed_fn``; both are available through :func:`jaxmia.drc.run_drc` only.
+    """
+    if "user" in cfg.kinds:
+        raise ValueError("DRC kernel: mask kind 'user' needs per-image holes; use jaxmia.drc.run_drc(holes=...)")
+    if not cfg.jax_metrics:
+        raise ValueError(f"DRC kernel: none of the metrics {cfg.metrics} is a pixel metric (mse, mse_full, psnr, ssim)")
+    out = drc_one(denoiser, x0, cond, id_hash, root, cfg=cfg)
+    names = [t.name for t in tasks(cfg)]
+    return {f"drc_{m}_{name}": out["scores"][m][i] for m in cfg.jax_metrics for i, name in enumerate(names)}
