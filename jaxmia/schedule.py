@@ -128,6 +128,13 @@ def schedule_from_config(config: Mapping[str, Any], *, source: str = "scheduler 
         raise ValueError(f"{source}: unsupported scheduler key(s) {', '.join(map(repr, unknown))}")
     if config.get("rescale_betas_zero_snr"):
         raise ValueError(f"{source}: rescale_betas_zero_snr=true is not supported")
+    try:
+        return _schedule_from_known_keys(config)
+    except ValueError as err:  # name the file as well as the value
+        raise ValueError(f"{source}: {err}") from None
+
+
+def _schedule_from_known_keys(config: Mapping[str, Any]) -> Schedule:
     return make_schedule(
         beta_schedule=config.get("beta_schedule", "linear"),
         num_train_timesteps=int(config.get("num_train_timesteps", 1000)),
