@@ -29,3 +29,173 @@ def main():
 
 
 # ---- commands are registered below, one block per area --------------------------------------
+
+
+# ---- drc: degrade, restore, compare ----------------------------------------------------------
+
+
+def _float_list(text: str, option: str) -> tuple:
+    try:
+        return tuple(float(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise ValueError(f"{option}: expected comma-separated numbers, got {text!r}") from None
+
+
+@main.command("drc")
+@click.argument("model")
+@click.argument("data")
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Output folder.")
+@click.option("--seed", default=0, show_default=True, type=int, help="Root seed of masks and noise.")
+@click.option("--batch-size", default=8, show_default=True, type=int, help="Images per compiled call.")
+@click.option("--steps", type=int, default=None, help="Sampling steps K per restoration [50].")
+@click.option("--strength", type=float, default=None, help="Start at t = round(s*T) - 1, s in (0, 1] [0.5].")
+@click.option("--eta", type=float, default=None, help="0 = DDIM, 1 = DDPM ancestral [0].")
+@click.option("--ratios", default=None, help="Hole ratios, comma-separated [0.1,0.2,0.3,0.4,0.5].")
+@click.option("--kinds", default=None, help="Mask kinds: center, rect, patches [center,patches].")
+@click.option("--evidence", default=4, show_default=True, type=int, help="Images with evidence PNGs.")
+def drc_command(model, data, out_dir, seed, batch_size, steps, strength, eta, ratios, kinds, evidence):
+    """DRC-style membership scores: degrade MODEL's view of DATA, restore, compare.
+
+    Writes OUT/drc_scores.npz (one column per metric and task) and evidence PNGs.
+    """
+    from jaxmia.data import load_dataset
+    from jaxmia.drc import DRCConfig, run_drc
+    from jaxmia.models import load_denoiser
+
+    overrides = {"steps": steps, "strength": strength, "eta": eta, "kinds": kinds,
+                 "ratios": None if ratios is None else _float_list(ratios, "--ratios")}
+    cfg = DRCConfig.from_dict({k: v for k, v in overrides.items() if v is not None})
+    denoiser = load_denoiser(model)
+    dataset = load_dataset(data, image_shape=denoiser.input_shape)
+    result = run_drc(denoiser, dataset, cfg, out_dir, batch_size=batch_size, seed=seed, evidence=evidence)
+    click.echo(f"DRC-style (jaxmia recipe): {result['n_images']} images, {len(result['columns'])} columns, "
+               f"{result['network_calls_per_image']} network calls per image, {result['seconds']:.1f}s")
+    click.echo(f"scores: {result['table']}")
+    if result["summary"]:
+        click.echo(f"evidence: {result['summary']} (+{len(result['evidence'])} per-image grids)")
+
+
+# ---- features: per-image CDI / MIA signals ----------------------------------------------------
+
+
+@main.command("features")
+@click.argument("model")
+@click.argument("data")
+@click.option("--features", "features", default="cdi", show_default=True,
+              help="Comma-separated signals: cdi, loss, secmi, pia, pian, multi_loss, grad_mask, noise_opt.")
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="Feature table to write (.npz + .json).")
+@click.option("--seed", default=0, show_default=True, type=int, help="Root seed of every noise draw.")
+@click.option("--batch-size", default=16, show_default=True, type=int, help="Images per compiled step.")
+@click.option("--preset", default="cdi", show_default=True,
+              help="Config preset: cdi, cdi_reference, secmi_mia, pia_mia, loss_mia.")
+@click.option("--set", "overrides", multiple=True, metavar="FIELD=VALUE",
+              help="Override one config field (repeatable), e.g. --set no_mode=reference.")
+def features_command(model, data, features, out, seed, batch_size, preset, overrides):
+    """Extract per-image features of DATA under MODEL into a feature table (resumable)."""
+    from jaxmia.data import load_dataset
+    from jaxmia.features import extract, make_config, parse_overrides
+    from jaxmia.models import load_denoiser
+
+    cfg = make_config(preset, **parse_overrides(overrides))
+    denoiser = load_denoiser(model)
+    dataset = load_dataset(data, image_shape=denoiser.input_shape)
+    table = extract(denoiser, dataset, features, out=out, seed=seed, batch_size=batch_size, config=cfg)
+    rate = table.meta["throughput"]["images_per_s"]
+    cost = table.meta["unet_evals_per_image"]
+    click.echo(f"features: {len(table.ids)} images x {len(table.names)} columns -> {out} "
+               f"({cost['forward']} forward + {cost['backward']} backward UNet passes per image"
+               + ("" if rate is None else f", {rate:.2f} images/s") + ")")
+
+
+# ---- inference: CDI dataset inference and labelled MIA evaluation ----------------------------
+
+
+@main.command("cdi")
+@click.option("--published", required=True, type=click.Path(dir_okay=False), help="Feature table of the published set P.")
+@click.option("--unpublished", required=True, type=click.Path(dir_okay=False), help="Feature table of the unpublished set U.")
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Output folder (report.json, plots, scores).")
+@click.option("--features", default=None, help="Columns or groups (mia, gm, ml, no, new, all), '+'-joined; default: every column.")
+@click.option("--test", "test", default="permutation", show_default=True,
+              type=click.Choice(["permutation", "split", "cdi_reference"]), help="permutation and split are calibrated.")
+@click.option("--alpha", default=0.01, show_default=True, type=float, help="Decision level (reject when p <= alpha).")
+@click.option("--permutations", default=1000, show_default=True, type=int, help="B of the permutation test.")
+@click.option("--alternative", default=None, type=click.Choice(["one-sided", "two-sided"]),
+              help="Sidedness for split / cdi_reference (default: one-sided / two-sided).")
+@click.option("--seed", default=0, show_default=True, type=int, help="Seeds swaps, splits, pairing and curve resamples.")
+@click.option("--curve-reps", default=1000, show_default=True, type=int, help="Resamples per n of the p-vs-n curve.")
+@click.option("--curve-test", default="split", show_default=True, type=click.Choice(["split", "cdi_reference", "permutation"]))
+@click.option("--no-curve", is_flag=True, help="Skip the sample-count curve.")
+def cdi_command(published, unpublished, out, features, test, alpha, permutations, alternative, seed, curve_reps,
+                curve_test, no_curve):
+    """CDI dataset inference: was the model trained on the published set? (two feature tables in)."""
+    from jaxmia.inference import CdiConfig, cdi_from_files
+
+    config = CdiConfig(features=features, test=test, alpha=alpha, permutations=permutations, alternative=alternative,
+                       seed=seed, curve=not no_curve, curve_reps=curve_reps, curve_test=curve_test)
+    result = cdi_from_files(published, unpublished, out, config)
+    v = result["verdict"]
+    click.echo(f"CDI ({v['method']}, {v['alternative']}): p = {v['p_value']:.4g}, n = {v['n_p']} + {v['n_u']}, "
+               f"correct order = {v['is_correct_order']}")
+    click.echo(v["decision"])
+    if result["pairing"].get("subsampled"):
+        click.echo(result["pairing"]["note"])
+    curve = result.get("curve") or {}
+    if "ns" in curve:
+        needed = curve["samples_needed"]
+        click.echo(f"samples needed (mean p <= {alpha:g}, {curve['test']} test): "
+                   + ("not reached on this grid" if needed is None else f"{needed} per side"))
+    click.echo(f"report: {result['outputs']['report']}")
+
+
+@main.command("mia")
+@click.option("--scores", required=True, type=click.Path(dir_okay=False), help="Feature table of per-sample scores.")
+@click.option("--labels", required=True, type=click.Path(dir_okay=False),
+              help='JSON object id -> 1 (member) / 0 (non-member), e.g. {"img_0001": 1}.')
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Output folder (report.json, ROC plots).")
+@click.option("--columns", default=None, help="Comma-separated score columns (default: all).")
+@click.option("--lower-is-member", "lower", multiple=True, help="Column whose raw score is lower for members (repeatable).")
+@click.option("--higher-is-member", "higher", multiple=True, help="Column whose raw score is higher for members (repeatable).")
+def mia_command(scores, labels, out, columns, lower, higher):
+    """Labelled MIA evaluation: AUC, TPR@1%/0.1% FPR, oracle ASR and log-log ROC per score column."""
+    from jaxmia.inference import mia_from_files
+
+    cols = None if columns is None else [c.strip() for c in columns.split(",") if c.strip()]
+    result = mia_from_files(scores, labels, out, columns=cols, lower_is_member=lower, higher_is_member=higher)
+    click.echo(f"MIA evaluation: {result['n_members']} members, {result['n_nonmembers']} non-members")
+    for name, m in result["columns"].items():
+        t1 = m["tpr_at_fpr"]["0.01"]
+        t01 = m["tpr_at_fpr"]["0.001"]
+        flag = " (few false positives)" if t01["few_false_positives"] else ""
+        click.echo(f"  {name}: AUC {m['auc']:.4f}  TPR@1% {t1['tpr']:.4f}  TPR@0.1% {t01['tpr']:.4f}{flag}  "
+                   f"ASR(oracle) {m['asr_oracle']:.4f}")
+    click.echo(f"report: {result['outputs']['report']}")
+
+
+# ---- models: checkpoint conversion -----------------------------------------------------------
+
+
+@main.command("convert")
+@click.argument("src", type=click.Path(exists=True))
+@click.option("--to", "dst", required=True, type=click.Path(), help="New (or empty) output folder.")
+@click.option("--format", "fmt", default="auto", show_default=True,
+              type=click.Choice(["auto", "pytorch-ddpm", "diffusers"]),
+              help="auto: a file is a pytorch-ddpm checkpoint, a folder a diffusers PyTorch folder.")
+@click.option("--ema/--no-ema", default=True, show_default=True, help="pytorch-ddpm: ema_model or net_model weights.")
+@click.option("--flagfile", type=click.Path(dir_okay=False), default=None,
+              help="pytorch-ddpm: the run's absl flagfile [flagfile.txt beside SRC].")
+@click.option("--assume-cifar10-defaults", is_flag=True,
+              help="pytorch-ddpm: use the CIFAR-10 hyperparameters for flags the flagfile lacks (or with no flagfile).")
+def convert_command(src, dst, fmt, ema, flagfile, assume_cifar10_defaults):
+    """Convert a pytorch-ddpm .pt or a diffusers PyTorch folder into a folder jaxmia loads (Flax msgpack)."""
+    from jaxmia.models.io import convert_checkpoint
+
+    result = convert_checkpoint(src, dst, format=fmt, ema=ema, flagfile=flagfile,
+                                assume_cifar10_defaults=assume_cifar10_defaults)
+    if result["format"] == "pytorch-ddpm":
+        click.echo(f"convert: {src} [{result['weights']}] -> {dst} (pytorch-ddpm, {result['n_params']:,} params, "
+                   f"flags: {result['flags']}; weights sha256 {result['weights_digest'][:16]}...)")
+    else:
+        parts = ", ".join(f"{name} ({digest[:12]}...)" for name, digest in result["converted"].items())
+        click.echo(f"convert: {src} -> {dst} (diffusers; converted {parts}; copied {len(result['copied'])} file(s))")
+        if result["skipped_pickles"]:
+            click.echo(f"  left out pickle file(s): {', '.join(result['skipped_pickles'])}")

@@ -1,0 +1,216 @@
+"""The typed, frozen configuration of the feature extractors, and its named presets.
+
+Every hyperparameter and every reference quirk (cdi-spec.md §10, Q1–Q5, Q11) is one typed field of
+:class:`FeatureConfig`. Presets are dictionaries of field overrides on top of the defaults:
+
+* ``cdi`` (default): the CDI feature set with jaxmia's corrected behaviour (right column of §10);
+* ``cdi_reference``: every quirk switched to the reference implementation (middle column of §10);
+* ``secmi_mia``: SecMI_stat as the SecMI authors' code runs it (t_sec = 100, k = 10, compare at 90,
+  squared norm; mia-methods.md §3.2);
+* ``pia_mia``: PIA/PIAN as the PIA authors' code runs it on DDPM (t = 200, p = 4 without the root,
+  PIAN scaled to √(2/π); mia-methods.md §3.3–3.4);
+* ``loss_mia``: the naive loss attack as in PIA's table (t = 200, one draw, squared L2; §3.1).
+
+An unknown field, in a preset, an override or a resumed run, is an error that names it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import typing
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from jaxmia.features.norms import check_norm
+
+DEFAULT_TIMESTEPS = tuple(range(0, 1000, 100))  # 0, 100, ..., 900 (ML and GM, cdi-spec.md §4.4-4.5)
+PIAN_SCALES = ("gaussian_mean_abs", "cdi_reference")
+NO_MODES = ("per_example", "reference")
+
+
+@dataclasses.dataclass(frozen=True)
+class FeatureConfig:
+    """Hyperparameters of every built-in signal (cdi-spec.md §4.8 defaults).
+
+    Attributes:
+      dl_timestep, dl_n_draws, dl_norm: Denoising Loss (§4.1): t = 100, 5 independent draws,
+        unsquared L2, averaged.
+      secmi_t_cmp, secmi_stride, secmi_norm: SecMI_stat (§4.2): invert 0 → t_cmp with stride k,
+        one more step up and back, compare at t_cmp. CDI: t_cmp = 100, L2 (Q2). SecMI's code:
+        t_cmp = 90, squared.
+      pia_timestep, pia_p, pia_root, pian_scale: PIA / PIAN (§4.3). ``pian_scale``
+        ``gaussian_mean_abs`` = √(2/π) (PIA paper and code; default), ``cdi_reference`` = √(π/2) (Q1).
+      ml_timesteps, ml_n_draws, ml_norm: Multiple Loss (§4.4); one shared draw per image (Q5);
+        ``ml_n_draws > 1`` averages per t (opt-in extension).
+      gm_timesteps, gm_ratio: Gradient Masking (§4.5).
+      share_draws: GM uses ML's noise draw, so GM's gradient pass also yields ML (Q11). False: GM
+        draws its own noise, as the reference's separate runs do.
+      no_timestep, no_max_iter, no_mode, no_double_noise, no_memory_size, no_max_linesearch_steps:
+        Noise Optimisation (§4.6). ``per_example`` (default): L-BFGS per sample under vmap (Q3);
+        ``reference``: SciPy L-BFGS-B over each whole flat batch. ``no_double_noise`` re-noises the
+        optimised point before the final loss, as the reference does (Q4).
+    """
+
+    dl_timestep: int = 100
+    dl_n_draws: int = 5
+    dl_norm: str = "l2"
+
+    secmi_t_cmp: int = 100
+    secmi_stride: int = 10
+    secmi_norm: str = "l2"
+
+    pia_timestep: int = 200
+    pia_p: float = 5.0
+    pia_root: bool = True
+    pian_scale: str = "gaussian_mean_abs"
+
+    ml_timesteps: tuple[int, ...] = DEFAULT_TIMESTEPS
+    ml_n_draws: int = 1
+    ml_norm: str = "l2"
+
+    gm_timesteps: tuple[int, ...] = DEFAULT_TIMESTEPS
+    gm_ratio: float = 0.2
+    share_draws: bool = True
+
+    no_timestep: int = 100
+    no_max_iter: int = 5
+    no_mode: str = "per_example"
+    no_double_noise: bool = False
+    no_memory_size: int = 10
+    no_max_linesearch_steps: int = 20
+
+    def __post_init__(self):
+        hints = typing.get_type_hints(FeatureConfig)
+        for f in dataclasses.fields(self):
+            value, hint = getattr(self, f.name), hints[f.name]
+            if hint is float and isinstance(value, int) and not isinstance(value, bool):
+                object.__setattr__(self, f.name, float(value))
+            elif hint in (int, bool, str) and not (type(value) is hint or (hint is int and isinstance(value, np.integer))):
+                raise ValueError(f"{f.name}: expected {hint.__name__}, got {value!r}")
+            elif hint is float and not isinstance(value, (float, np.floating)):
+                raise ValueError(f"{f.name}: expected float, got {value!r}")
+            elif hint is int:
+                object.__setattr__(self, f.name, int(value))
+        for name in ("ml_timesteps", "gm_timesteps"):
+            raw = getattr(self, name)
+            if isinstance(raw, (str, bytes)) or not hasattr(raw, "__iter__"):
+                raise ValueError(f"{name}: expected a sequence of ints, got {raw!r}")
+            value = tuple(int(t) for t in raw)
+            if not value or min(value) < 0:
+                raise ValueError(f"{name}: need at least one timestep, all >= 0 (got {value})")
+            object.__setattr__(self, name, value)
+        for name in ("dl_norm", "secmi_norm", "ml_norm"):
+            check_norm(getattr(self, name), field=name)
+        for name in ("dl_n_draws", "ml_n_draws", "secmi_stride", "no_memory_size", "no_max_linesearch_steps"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"{name}: must be >= 1 (got {getattr(self, name)})")
+        for name in ("dl_timestep", "pia_timestep", "no_timestep", "no_max_iter"):
+            if int(getattr(self, name)) < 0:
+                raise ValueError(f"{name}: must be >= 0 (got {getattr(self, name)})")
+        if self.secmi_t_cmp < self.secmi_stride or self.secmi_t_cmp % self.secmi_stride:
+            raise ValueError(
+                f"secmi_t_cmp: must be a positive multiple of secmi_stride={self.secmi_stride} (got {self.secmi_t_cmp})"
+            )
+        if not self.pia_p > 0:
+            raise ValueError(f"pia_p: must be > 0 (got {self.pia_p})")
+        if self.pian_scale not in PIAN_SCALES:
+            raise ValueError(f"pian_scale: unknown value {self.pian_scale!r}; known: {', '.join(PIAN_SCALES)}")
+        if not 0 < self.gm_ratio <= 1:
+            raise ValueError(f"gm_ratio: must be in (0, 1] (got {self.gm_ratio})")
+        if self.no_mode not in NO_MODES:
+            raise ValueError(f"no_mode: unknown value {self.no_mode!r}; known: {', '.join(NO_MODES)}")
+
+    def to_dict(self) -> dict:
+        return {f.name: (list(v) if isinstance(v := getattr(self, f.name), tuple) else v) for f in dataclasses.fields(self)}
+
+    def digest(self) -> str:
+        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:16]
+
+    def max_timestep(self) -> int:
+        """The largest timestep any signal queries (checked against the model's schedule)."""
+        return max(
+            self.dl_timestep, self.secmi_t_cmp + self.secmi_stride, self.pia_timestep,
+            max(self.ml_timesteps), max(self.gm_timesteps), self.no_timestep,
+        )
+
+
+FIELD_NAMES = tuple(f.name for f in dataclasses.fields(FeatureConfig))
+
+PRESETS: dict[str, dict[str, Any]] = {
+    "cdi": {},
+    "cdi_reference": {
+        "pian_scale": "cdi_reference",  # Q1
+        "no_mode": "reference",  # Q3
+        "no_double_noise": True,  # Q4
+        "ml_n_draws": 1,  # Q5: the config's n_repetitions is never used
+        "share_draws": False,  # Q11: GM and ML run separately, with independent draws
+    },
+    "secmi_mia": {"secmi_t_cmp": 90, "secmi_stride": 10, "secmi_norm": "squared_l2"},
+    "pia_mia": {"pia_timestep": 200, "pia_p": 4.0, "pia_root": False, "pian_scale": "gaussian_mean_abs"},
+    "loss_mia": {"dl_timestep": 200, "dl_n_draws": 1, "dl_norm": "squared_l2"},
+}
+
+
+def _check_fields(names, *, source: str) -> None:
+    unknown = [n for n in names if n not in FIELD_NAMES]
+    if unknown:
+        raise ValueError(f"{source}: unknown feature config field(s) {', '.join(map(repr, unknown))}; known: {', '.join(FIELD_NAMES)}")
+
+
+def make_config(preset: str | FeatureConfig | None = "cdi", **overrides: Any) -> FeatureConfig:
+    """A :class:`FeatureConfig` from a preset name (or a config) plus typed field overrides."""
+    if isinstance(preset, FeatureConfig):
+        base = preset
+    else:
+        name = "cdi" if preset is None else str(preset)
+        if name not in PRESETS:
+            raise ValueError(f"unknown feature preset {name!r}; known: {', '.join(PRESETS)}")
+        base = FeatureConfig(**PRESETS[name])
+    _check_fields(overrides, source="config override")
+    return dataclasses.replace(base, **overrides) if overrides else base
+
+
+def config_from_dict(values: Mapping[str, Any], *, source: str = "feature config") -> FeatureConfig:
+    _check_fields(values, source=source)
+    return FeatureConfig(**{k: (tuple(v) if isinstance(v, list) else v) for k, v in values.items()})
+
+
+def _parse_value(name: str, text: str):
+    hint = typing.get_type_hints(FeatureConfig)[name]
+    try:
+        if hint is bool:
+            low = text.strip().lower()
+            if low not in ("true", "false", "1", "0", "yes", "no"):
+                raise ValueError
+            return low in ("true", "1", "yes")
+        if hint is int:
+            return int(text)
+        if hint is float:
+            return float(text)
+        if hint is str:
+            return text.strip()
+        return tuple(int(t) for t in text.split(",") if t.strip())  # tuple[int, ...]
+    except ValueError:
+        raise ValueError(f"config override {name}={text!r}: not a valid {getattr(hint, '__name__', hint)}") from None
+
+
+def parse_overrides(items: Sequence[str]) -> dict[str, Any]:
+    """``["no_mode=reference", "ml_timesteps=0,500"]`` -> typed overrides (CLI ``--set``)."""
+    out = {}
+    for item in items:
+        if "=" not in item:
+            raise ValueError(f"config override {item!r}: expected FIELD=VALUE")
+        name, text = item.split("=", 1)
+        name = name.strip()
+        _check_fields([name], source="config override")
+        out[name] = _parse_value(name, text)
+    return out
+
+
+def config_diff(a: Mapping[str, Any], b: Mapping[str, Any]) -> list[str]:
+    """Human-readable differences ``key: a -> b`` between two JSON-like config dicts."""
+    keys = sorted(set(a) | set(b))
+    return [f"{k}: {a.get(k, '<absent>')!r} -> {b.get(k, '<absent>')!r}" for k in keys if a.get(k) != b.get(k)]

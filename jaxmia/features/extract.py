@@ -1,0 +1,279 @@
+"""``extract()``: run any set of registered signals over a data set and write a feature table.
+
+One jitted program per (features, config, conditioning, shapes) vmaps the per-example kernels over
+a fixed-size batch sharded on a 1-D ``"data"`` mesh (params replicated); the last batch is padded
+and masked, so nothing recompiles. Randomness comes from (seed, image id, purpose), so the table
+does not depend on the batch size, the device count or interruptions (style.md §4, §5).
+
+Resume: after every batch the finished rows go to ``<out>.partial.npz`` (atomic rename) with the
+run's identity (features, columns, resolved config, seed, model digest, shapes; plus the batch size
+when ``no_mode="reference"``, whose values depend on it). A restart with the same identity skips the
+finished ids; a different identity is refused with the differences named. An interrupted run,
+resumed, gives the same table as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Callable, Iterable, Optional
+
+import jax
+import numpy as np
+
+from jaxmia import rng
+from jaxmia.features import runner
+from jaxmia.features.config import FeatureConfig, config_diff, make_config
+from jaxmia.features.keys import SAMPLE_KEY_AXES, SampleKey
+from jaxmia.features.registry import SharedWork, get_feature, parse_features, plan_columns, plan_cost
+from jaxmia.table import FeatureTable, save_table
+
+
+@functools.lru_cache(maxsize=64)
+def jit_features(names: tuple, cfg: FeatureConfig, with_cond: bool):
+    """jit(vmap over examples) of the union of the kernels ``names``.
+
+    Static (baked into the program): the names, the config, whether conditions are passed. The
+    denoiser, the batch, the root key and the id hashes are arguments; jit re-traces only for new
+    shapes or a new network function.
+    """
+    specs = [get_feature(n) for n in names]
+    columns = [c for s in specs for c in s.device_columns(cfg)]
+
+    def per_example(denoiser, x0, cond, key: SampleKey):
+        shared = SharedWork(names)
+        out = {}
+        for spec in specs:
+            out.update(spec.kernel(denoiser, x0, cond, key, cfg, shared))
+        missing = [c for c in columns if c not in out]
+        if missing:
+            raise ValueError(f"feature kernels did not produce column(s) {', '.join(missing)}")
+        return {c: out[c] for c in columns}
+
+    def program(denoiser, x0, cond, root, id_hash):
+        keys = SampleKey(root=root, id_hash=id_hash)
+        in_axes = (None, 0, 0 if with_cond else None, SAMPLE_KEY_AXES)
+        return jax.vmap(per_example, in_axes=in_axes)(denoiser, x0, cond, keys)
+
+    return jax.jit(program)
+
+
+def _identity(names, columns, cfg, seed, denoiser, batch_size) -> dict:
+    ident = {
+        "features": list(names),
+        "columns": list(columns),
+        "config": cfg.to_dict(),
+        "seed": int(seed),
+        "model_digest": denoiser.digest,
+        "sample_shape": list(denoiser.sample_shape),
+    }
+    if any(get_feature(n).host_columns(cfg) for n in names):
+        ident["batch_size"] = int(batch_size)  # batch-coupled (no_mode="reference"): values depend on it
+    return ident
+
+
+def _flatten(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def partial_path(out) -> Path:
+    return Path(str(out) + ".partial.npz")
+
+
+def _load_partial(path: Path, identity: dict, data) -> dict[str, np.ndarray]:
+    with np.load(path, allow_pickle=False) as z:
+        saved = json.loads(str(z["identity"]))
+        ids, values = z["ids"].astype(str).tolist(), np.asarray(z["values"], np.float64)
+    if saved != identity:
+        diff = config_diff(_flatten(saved), _flatten(identity))
+        raise ValueError(
+            f"{path}: partial results were made with a different configuration ({'; '.join(diff)}); "
+            "delete it or rerun with the same settings"
+        )
+    known = set(data.ids)
+    stray = [i for i in ids if i not in known]
+    if stray:
+        raise ValueError(f"{path}: holds id(s) not in the data ({', '.join(map(repr, stray[:5]))})")
+    return dict(zip(ids, values))
+
+
+def _save_partial(path: Path, identity: dict, done: dict[str, np.ndarray], n_columns: int) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    ids = list(done)
+    values = np.stack([done[i] for i in ids]) if ids else np.zeros((0, n_columns))
+    with open(tmp, "wb") as f:
+        np.savez(f, ids=np.asarray(ids, dtype=str), values=values, identity=np.asarray(json.dumps(identity, sort_keys=True)))
+    os.replace(tmp, path)
+
+
+def _versions() -> dict:
+    import flax
+    import optax
+
+    import jaxmia
+
+    return {"jax": jax.__version__, "flax": flax.__version__, "optax": optax.__version__,
+            "numpy": np.__version__, "jaxmia": jaxmia.__version__}
+
+
+class _Progress:
+    """Batch progress on stderr; rate and ETA from steady-state batches (the first one compiles)."""
+
+    def __init__(self, n_batches: int, n_images: int, enabled: bool):
+        self.n_batches, self.n_images, self.enabled = n_batches, n_images, enabled
+        self.steady_s, self.steady_images = 0.0, 0
+
+    def update(self, k: int, images_done: int, batch_images: int, seconds: float) -> dict:
+        if k > 1:
+            self.steady_s += seconds
+            self.steady_images += batch_images
+        rate = self.steady_images / self.steady_s if self.steady_s > 0 else None
+        eta = (self.n_images - images_done) / rate if rate else None
+        if self.enabled:
+            tail = "(first batch, compiling)" if rate is None else f"{rate:.2f} img/s  ETA {_clock(eta)}"
+            print(f"jaxmia features: batch {k}/{self.n_batches}  {images_done}/{self.n_images} images  {tail}",
+                  file=sys.stderr, flush=True)
+        return {"batch": k, "n_batches": self.n_batches, "images_done": images_done,
+                "n_images": self.n_images, "images_per_s": rate, "eta_s": eta}
+
+
+def _clock(seconds: float) -> str:
+    s = int(round(seconds))
+    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
+
+
+def extract(
+    denoiser,
+    data,
+    features: str | Iterable[str] = "cdi",
+    *,
+    out=None,
+    seed: int = 0,
+    batch_size: int = 16,
+    config: FeatureConfig | str | None = None,
+    devices=None,
+    progress: bool = True,
+    on_batch: Optional[Callable[[dict], None]] = None,
+    resume: bool = True,
+) -> FeatureTable:
+    """Extracts per-image features and returns (and, with ``out``, writes) a feature table.
+
+    Args:
+      denoiser: a :class:`~jaxmia.models.Denoiser`; latent models encode each image once (key
+        (seed, id, "encode")) before the kernels.
+      data: a ``Dataset`` (ids, images (N, H, W, C) in [-1, 1], cond, source) or an image array.
+      features: registered names, as a list or a comma-separated string (``"cdi"``, ``"loss,secmi"``).
+      out: the ``.npz`` table to write (with its ``.json`` sidecar); enables resuming from
+        ``<out>.partial.npz``.
+      seed: the root seed of every draw. batch_size: images per step, a multiple of the device count.
+      config: a :class:`FeatureConfig` or a preset name (default ``"cdi"``).
+      devices: the devices of the data mesh (default: all).
+      progress: print progress with an ETA (excluding the compiling first batch) to stderr.
+      on_batch: called with a progress dict after each batch has been saved.
+      resume: continue from a matching ``<out>.partial.npz`` (False: start over, overwriting it).
+
+    Returns:
+      FeatureTable with one row per image, in data order; ``meta`` holds the resolved config, seed,
+      model digest, versions, per-stage timings, throughput and UNet evaluations per image.
+    """
+    t_start = time.perf_counter()
+    cfg = config if isinstance(config, FeatureConfig) else make_config(config)
+    names = parse_features(features)
+    columns = plan_columns(names, cfg)
+    data = runner.as_dataset(data)
+    runner.check_images(denoiser, data)
+    runner.check_timesteps(denoiser, cfg.max_timestep(), source="feature config")
+    with_cond = runner.uses_cond(denoiser, data)
+    placed = runner.place(denoiser, seed, batch_size, devices)
+    identity = _identity(names, columns, cfg, seed, denoiser, batch_size)
+
+    done: dict[str, np.ndarray] = {}
+    partial = partial_path(out) if out is not None else None
+    if partial is not None and partial.exists() and resume:
+        done = _load_partial(partial, identity, data)
+    resumed_rows = len(done)
+    todo = [sid for sid in data.ids if sid not in done]
+
+    host_specs = [get_feature(n) for n in names if get_feature(n).host_columns(cfg)]
+    jit_program = jit_features(names, cfg, with_cond)
+    has_device_columns = any(get_feature(n).device_columns(cfg) for n in names)
+    host_root = rng.root_key(int(seed)) if host_specs else None  # host stage runs on the default device
+    stages = {"inputs": 0.0, "encode": 0.0, "features": 0.0, "host_features": 0.0, "save_partial": 0.0}
+    first_batch_s = None
+    total = runner.n_batches(len(todo), batch_size)
+    prog = _Progress(total, len(data.ids), progress)
+
+    for k, batch in enumerate(runner.batches(data, todo, batch_size), start=1):
+        t0 = time.perf_counter()
+        real_ids = [sid for sid, real in zip(batch.ids, batch.mask) if real]
+        x, cond, id_hash = runner.shard_inputs(placed, batch, with_cond)
+        t1 = time.perf_counter()
+        x0 = jax.block_until_ready(runner.encode(placed, x, id_hash))
+        t2 = time.perf_counter()
+        values: dict[str, np.ndarray] = {}
+        if has_device_columns:
+            values = {c: np.asarray(v, np.float64)[batch.mask]
+                      for c, v in jit_program(placed.denoiser, x0, cond, placed.root, id_hash).items()}
+        t3 = time.perf_counter()
+        if host_specs:  # batch-coupled signals: the real rows only, no padding
+            x0_real = np.asarray(x0)[batch.mask]
+            cond_real = None if cond is None else np.asarray(cond)[batch.mask]
+            for spec in host_specs:
+                values.update(spec.host_fn(denoiser, x0_real, cond_real, host_root, batch.id_hash[batch.mask], cfg))
+        t4 = time.perf_counter()
+        table_rows = np.stack([values[c] for c in columns], axis=1)
+        for sid, row in zip(real_ids, table_rows):
+            done[sid] = row
+        if partial is not None:
+            _save_partial(partial, identity, done, len(columns))
+        t5 = time.perf_counter()
+        for name, dt in zip(stages, (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t5 - t4)):
+            stages[name] += dt
+        if k == 1:
+            first_batch_s = t5 - t0
+        info = prog.update(k, len(done), int(batch.mask.sum()), t5 - t0)
+        if on_batch is not None:
+            on_batch(info)
+
+    values = np.stack([done[sid] for sid in data.ids]) if data.ids else np.zeros((0, len(columns)))
+    cost = plan_cost(names, cfg)
+    steady = (prog.steady_images / prog.steady_s) if prog.steady_s > 0 else None
+    meta = {
+        "kind": "features",
+        "features": list(names),
+        "config": cfg.to_dict(),
+        "seed": int(seed),
+        "model_digest": denoiser.digest,
+        "data_source": data.source,
+        "n_images": len(data.ids),
+        "batch_size": int(batch_size),
+        "n_devices": placed.n_devices,
+        "devices": [str(d) for d in placed.mesh.devices.ravel()],
+        "unet_evals_per_image": cost.as_dict(),
+        "resumed_rows": resumed_rows,
+        "versions": _versions(),
+        "timings_s": {**{k: round(v, 4) for k, v in stages.items()},
+                      "first_batch": None if first_batch_s is None else round(first_batch_s, 4)},
+        "throughput": {
+            "images_per_s": steady,
+            "unet_forward_per_s": None if steady is None else steady * cost.forward,
+            "excludes": "the first (compiling) batch",
+        },
+    }
+    meta["timings_s"]["total_before_write"] = round(time.perf_counter() - t_start, 4)
+    table = FeatureTable(np.asarray(data.ids, dtype=str), columns, values, meta)
+    if out is not None:
+        save_table(table, out)
+        if partial is not None and partial.exists():
+            partial.unlink()
+    return table

@@ -1,0 +1,187 @@
+"""The feature registry: name -> (per-example kernel, column names, per-example UNet cost).
+
+A kernel is a pure function of ONE example (style.md §2, §8)::
+
+    kernel(denoiser, x0, cond, key: SampleKey, cfg: FeatureConfig, shared: SharedWork) -> {column: scalar}
+
+``extract()`` vmaps the union of the requested kernels over a batch and jits it once per
+(features, config, shapes). Kernels that compute the same intermediate (PIA's and SecMI's
+ε_θ(x0, 0); GM's gradient pass, which is ML's forward pass when they share the draw) fetch it from
+``shared``, a trace-time memo, so one program computes it once.
+
+Columns that cannot be computed per example (``noise_opt`` with ``no_mode="reference"``, which is
+batch-coupled by definition) come from an optional host-side ``host_fn`` over the real rows of each
+batch.
+
+Another producer registers itself with :func:`register_feature` (``drc`` does)::
+
+    @register_feature("drc", columns=lambda cfg: ("drc",), work=lambda cfg, req: {"drc": Cost(forward=...)})
+    def drc_kernel(denoiser, x0, cond, key, cfg, shared): ...
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable, Iterable, Mapping, Optional, Sequence
+
+from jaxmia.features.config import FeatureConfig
+
+
+@dataclasses.dataclass(frozen=True)
+class Cost:
+    """UNet evaluations per image: forward passes, backward passes (vector-Jacobian products).
+
+    ``exact=False`` marks a nominal count: data-dependent line searches may add evaluations (noise
+    optimisation counts one line-search evaluation per L-BFGS iteration, the usual case).
+    """
+
+    forward: int = 0
+    backward: int = 0
+    exact: bool = True
+
+    def __add__(self, other: "Cost") -> "Cost":
+        return Cost(self.forward + other.forward, self.backward + other.backward, self.exact and other.exact)
+
+    def as_dict(self) -> dict:
+        return {"forward": self.forward, "backward": self.backward, "exact": self.exact}
+
+
+@dataclasses.dataclass(frozen=True)
+class FeatureSpec:
+    """One registered signal.
+
+    Attributes:
+      kernel: the per-example function (see module docstring).
+      columns: ``cfg -> column names``, all of them, in output order (host columns included).
+      work: ``(cfg, requested names) -> {work unit: Cost}``. Units with the same name are computed
+        once when several signals run together, so a set's cost is the sum over the union of units.
+      host_columns: ``cfg -> columns produced by host_fn`` (empty for pure per-example signals).
+      host_fn: ``(denoiser, x0[B], cond[B] | None, root, id_hash[B, 2], cfg) -> {column: (B,)}``,
+        run on the real (unpadded) rows of each batch.
+      parts: the signals a composite (``cdi``) is made of; they share work with each other.
+    """
+
+    name: str
+    kernel: Callable
+    columns: Callable[[FeatureConfig], tuple]
+    work: Callable[[FeatureConfig, frozenset], Mapping[str, Cost]]
+    host_columns: Callable[[FeatureConfig], tuple] = lambda cfg: ()
+    host_fn: Optional[Callable] = None
+    parts: tuple = ()
+    doc: str = ""
+
+    def cost(self, cfg: FeatureConfig) -> Cost:
+        """UNet evaluations per image when this signal runs alone."""
+        return _total(self.work(cfg, expand_requested([self.name])))
+
+    def device_columns(self, cfg: FeatureConfig) -> tuple:
+        host = set(self.host_columns(cfg))
+        return tuple(c for c in self.columns(cfg) if c not in host)
+
+
+FEATURES: dict[str, FeatureSpec] = {}
+
+
+def register_feature(
+    name: str,
+    *,
+    columns: Callable[[FeatureConfig], tuple],
+    work: Callable[[FeatureConfig, frozenset], Mapping[str, Cost]],
+    host_columns: Callable[[FeatureConfig], tuple] | None = None,
+    host_fn: Callable | None = None,
+    parts: Sequence[str] = (),
+):
+    """Decorator: registers ``kernel`` under ``name`` (an existing name is an error)."""
+
+    def wrap(kernel):
+        if name in FEATURES:
+            raise ValueError(f"feature {name!r} is already registered")
+        FEATURES[name] = FeatureSpec(
+            name=name, kernel=kernel, columns=columns, work=work,
+            host_columns=host_columns or (lambda cfg: ()), host_fn=host_fn, parts=tuple(parts),
+            doc=(kernel.__doc__ or "").strip().split("\n")[0],
+        )
+        return kernel
+
+    return wrap
+
+
+def get_feature(name: str) -> FeatureSpec:
+    try:
+        return FEATURES[name]
+    except KeyError:
+        raise ValueError(f"unknown feature {name!r}; known: {', '.join(sorted(FEATURES))}") from None
+
+
+def parse_features(features: str | Iterable[str]) -> tuple[str, ...]:
+    """``"loss,secmi"`` or ``["loss", "secmi"]`` -> validated names (unknown or repeated: error)."""
+    names = [n.strip() for n in (features.split(",") if isinstance(features, str) else features)]
+    names = [n for n in names if n]
+    if not names:
+        raise ValueError("no feature requested")
+    for n in names:
+        get_feature(n)
+    seen = set()
+    dup = [n for n in names if n in seen or seen.add(n)]
+    if dup:
+        raise ValueError(f"feature(s) requested twice: {', '.join(dup)}")
+    return tuple(names)
+
+
+def expand_requested(names: Iterable[str]) -> frozenset:
+    """The requested names plus the parts of any composite (``cdi`` -> its seven signals)."""
+    out = set()
+    for n in names:
+        out.add(n)
+        out.update(get_feature(n).parts)
+    return frozenset(out)
+
+
+def _total(units: Mapping[str, Cost]) -> Cost:
+    total = Cost()
+    for c in units.values():
+        total = total + c
+    return total
+
+
+def plan_columns(names: Sequence[str], cfg: FeatureConfig) -> tuple[str, ...]:
+    """All output columns of a set of signals, in request order; a column produced twice is an error."""
+    cols: list[str] = []
+    for n in names:
+        for c in get_feature(n).columns(cfg):
+            if c in cols:
+                raise ValueError(f"column {c!r} is produced by more than one requested feature ({', '.join(names)})")
+            cols.append(c)
+    return tuple(cols)
+
+
+def plan_work(names: Sequence[str], cfg: FeatureConfig) -> dict[str, Cost]:
+    """The union of work units of a set of signals (shared units counted once)."""
+    requested = expand_requested(names)
+    units: dict[str, Cost] = {}
+    for n in names:
+        units.update(get_feature(n).work(cfg, requested))
+    return units
+
+
+def plan_cost(names: Sequence[str], cfg: FeatureConfig) -> Cost:
+    """UNet evaluations per image of a set of signals run together, with shared work counted once."""
+    return _total(plan_work(names, cfg))
+
+
+class SharedWork:
+    """Trace-time memo of per-example intermediates that several signals compute identically.
+
+    It lives for one trace of one per-example function: ``get(name, compute)`` returns the traced
+    value computed the first time, so XLA sees the computation once. ``requested`` tells a signal
+    which others run beside it (ML reads GM's forward passes only when GM runs too).
+    """
+
+    def __init__(self, requested: Iterable[str]):
+        self.requested = expand_requested(requested)
+        self._memo: dict = {}
+
+    def get(self, name: str, compute: Callable):
+        if name not in self._memo:
+            self._memo[name] = compute()
+        return self._memo[name]

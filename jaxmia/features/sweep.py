@@ -1,0 +1,118 @@
+"""Denoising-loss sweeps: the error on a grid of timesteps x noise draws, for one image or many.
+
+The building block of ``loss`` (DL: one t, 5 draws) and ``multi_loss`` (ML: 10 t, one shared draw),
+and a user-facing API, :func:`loss_sweep`, for researchers sweeping the loss over t and draws.
+
+Draw r of an image is ``normal(fold_in(key_for(root, id, purpose), r))`` and is shared by all the
+timesteps of the grid (common random numbers: the curve over t is not blurred by fresh noise at
+each t; this is ML's convention, cdi-spec.md §4.4).
+
+The grid runs as a ``lax.scan`` over the flattened (t, draw) pairs, not a vmap over timesteps: on
+CPU a vmap over timesteps was slower (models-and-weights.md §10). Examples are vmapped.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxmia import schedule as sched
+from jaxmia.features.keys import SAMPLE_KEY_AXES, SampleKey
+from jaxmia.features.norms import check_norm, sample_norm
+
+
+def denoising_error(denoiser, x0, t, eps, cond=None, *, norm: str = "l2"):
+    """‖ε_θ(q(x0, t, ε), t, c) − ε‖ for ONE example (Carlini et al. 2023, arXiv 2301.13188, §5;
+    Matsumoto et al. 2023 with ``norm="squared_l2"``).
+
+    Args:
+      x0: (H, W, C) clean input (the latent for latent models). t: scalar int. eps: (H, W, C).
+      norm: ``l2`` (CDI's DL and ML) or ``squared_l2`` (the naive loss attack).
+    """
+    x_t = sched.q_sample(denoiser.schedule, x0, t, eps)
+    return sample_norm(denoiser.eps(x_t, t, cond) - eps, norm)
+
+
+def error_grid(denoiser, x0, cond, noise_key, timesteps: Sequence[int], n_draws: int, *, norm: str = "l2"):
+    """(T, R) denoising errors of ONE example: row t, column r uses draw r (shared over t).
+
+    ``noise_key`` is the example's key for one purpose; draw r comes from ``fold_in(noise_key, r)``.
+    """
+    ts = jnp.asarray(timesteps, jnp.int32)
+    grid_t = jnp.repeat(ts, n_draws)
+    grid_r = jnp.tile(jnp.arange(n_draws, dtype=jnp.uint32), len(timesteps))
+
+    def one(_, tr):
+        t, r = tr
+        eps = jax.random.normal(jax.random.fold_in(noise_key, r), x0.shape, x0.dtype)
+        return None, denoising_error(denoiser, x0, t, eps, cond, norm=norm)
+
+    _, errs = jax.lax.scan(one, None, (grid_t, grid_r))
+    return errs.reshape(len(timesteps), n_draws)
+
+
+@functools.lru_cache(maxsize=32)
+def _sweep_program(timesteps: tuple, n_draws: int, norm: str, purpose: str, with_cond: bool):
+    """jit(vmap over examples) of :func:`error_grid`; static: the grid, norm, purpose, cond presence."""
+
+    def per_example(denoiser, x0, cond, key: SampleKey):
+        return error_grid(denoiser, x0, cond, key.purpose_key(purpose), timesteps, n_draws, norm=norm)
+
+    def program(denoiser, x0, cond, root, id_hash):
+        keys = SampleKey(root=root, id_hash=id_hash)
+        return jax.vmap(per_example, in_axes=(None, 0, 0 if with_cond else None, SAMPLE_KEY_AXES))(
+            denoiser, x0, cond, keys)
+
+    return jax.jit(program)
+
+
+def loss_sweep(
+    denoiser,
+    data,
+    timesteps: Sequence[int],
+    n_draws: int = 1,
+    seed: int = 0,
+    batch_size: int = 16,
+    *,
+    norm: str = "l2",
+    purpose: str = "sweep",
+    devices=None,
+) -> np.ndarray:
+    """The denoising loss of many images on a grid of timesteps x noise draws.
+
+    Args:
+      denoiser: a :class:`~jaxmia.models.Denoiser` (latent models encode each image once, keyed).
+      data: a ``Dataset`` (ids, images, cond) or an (N, H, W, C) array (ids "0".."N-1").
+      timesteps: the grid of integer timesteps. n_draws: noise draws per image, shared over t.
+      seed: root seed; draws depend only on (seed, image id, purpose, draw index).
+      batch_size: images per jitted step (a multiple of the device count; the last batch is padded).
+      norm: ``l2`` or ``squared_l2``.
+
+    Returns:
+      float64 array (images, timesteps, draws), rows in the order of ``data``.
+    """
+    from jaxmia.features import runner
+
+    check_norm(norm)
+    ts = tuple(int(t) for t in timesteps)
+    if not ts:
+        raise ValueError("loss_sweep: timesteps is empty")
+    if int(n_draws) < 1:
+        raise ValueError(f"loss_sweep: n_draws must be >= 1 (got {n_draws})")
+    data = runner.as_dataset(data)
+    runner.check_images(denoiser, data)
+    runner.check_timesteps(denoiser, max(ts), source="loss_sweep timesteps")
+    with_cond = runner.uses_cond(denoiser, data)
+    placed = runner.place(denoiser, seed, batch_size, devices)
+    jit_sweep = _sweep_program(ts, int(n_draws), norm, purpose, with_cond)
+    out = np.zeros((len(data.ids), len(ts), int(n_draws)), np.float64)
+    for k, batch in enumerate(runner.batches(data, data.ids, batch_size)):
+        x0, cond, id_hash = runner.device_batch(placed, batch, with_cond)
+        values = np.asarray(jit_sweep(placed.denoiser, x0, cond, placed.root, id_hash), np.float64)
+        n_real = int(batch.mask.sum())
+        out[k * batch_size : k * batch_size + n_real] = values[batch.mask]
+    return out
