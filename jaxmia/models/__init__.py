@@ -17,3 +17,32 @@ from jaxmia.models.io import weights_digest  # noqa: F401
 from jaxmia.models.unet2d import UNet2DConfig  # noqa: F401
 from jaxmia.models.unet2d import UNet2DModel  # noqa: F401
 from jaxmia.models.unet2d import init_params  # noqa: F401
+
+# Conditional denoisers, the CLIP text encoder and per-image conditioning (issue 6, part B).
+from jaxmia.models.clip_text import CLIPTextConfig  # noqa: F401,E402
+from jaxmia.models.clip_text import CLIPTextModel  # noqa: F401,E402
+from jaxmia.models.clip_text import load_clip_text  # noqa: F401,E402
+from jaxmia.models.conditioning import ConditionSpec  # noqa: F401,E402
+from jaxmia.models.conditioning import attach_conditioning  # noqa: F401,E402
+from jaxmia.models.conditioning import condition_spec  # noqa: F401,E402
+from jaxmia.models.conditioning import register_condition_probe  # noqa: F401,E402
+from jaxmia.models.conditioning import save_text_embeddings  # noqa: F401,E402
+from jaxmia.models.conditioning import spec_from_family  # noqa: F401,E402
+from jaxmia.models.dit import DiTConfig  # noqa: F401,E402
+from jaxmia.models.dit import DiTTransformer2DModel  # noqa: F401,E402
+from jaxmia.models.unet2d_condition import UNet2DConditionConfig  # noqa: F401,E402
+from jaxmia.models.unet2d_condition import UNet2DConditionModel  # noqa: F401,E402
+
+# Latent autoencoders, model families and checkpoint conversion (issue 6, part A).
+from jaxmia.models.families import Family  # noqa: F401,E402
+from jaxmia.models.families import list_families  # noqa: F401,E402
+from jaxmia.models.families import load_family  # noqa: F401,E402
+from jaxmia.models.io import convert_checkpoint  # noqa: F401,E402
+from jaxmia.models.io import convert_diffusers_folder  # noqa: F401,E402
+from jaxmia.models.pytorch_ddpm import convert_pytorch_ddpm  # noqa: F401,E402
+from jaxmia.models.vae import AutoencoderKL  # noqa: F401,E402
+from jaxmia.models.vae import AutoencoderKLConfig  # noqa: F401,E402
+from jaxmia.models.vae import LatentCodec  # noqa: F401,E402
+from jaxmia.models.vae import VQModel  # noqa: F401,E402
+from jaxmia.models.vae import VQModelConfig  # noqa: F401,E402
+from jaxmia.models.vae import latent_codec  # noqa: F401,E402

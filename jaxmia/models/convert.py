@@ -31,7 +31,9 @@ NEW_TO_OLD_ATTENTION = {v: k for k, v in OLD_ATTENTION_NAMES.items()}
 # Module lists of diffusers' networks: "name_<i>" in Flax is "name.<i>" in PyTorch. Other names that
 # end in _<digit> (time_embedding.linear_1) are plain attribute names and stay as they are.
 MODULE_LISTS = frozenset({"down_blocks", "up_blocks", "resnets", "attentions", "downsamplers", "upsamplers",
-                          "to_out"})
+                          "to_out",
+                          # transformer models (UNet2DConditionModel, DiT, the CLIP text encoder)
+                          "transformer_blocks", "net", "layers"})
 
 _WEIGHT_LEAVES = ("kernel", "scale", "embedding")
 _MAX_LISTED = 5

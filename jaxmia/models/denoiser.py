@@ -32,7 +32,7 @@ class Denoiser:
       x0_clip: bound of x̂0 for samplers (1.0 for pixel models in [-1, 1]; None for latents).
       encoder_params / encode_fn: latent models only; ``encode_fn(encoder_params, images[B,H,W,C],
         keys[B]) -> latents[B,h,w,c]``, already multiplied by the latent scale.
-      decoder_fn: latent models only; ``decoder_fn(encoder_params, latents) -> images``.
+      decode_fn: latent models only; ``decode_fn(encoder_params, latents) -> images``.
       digest: SHA-256 of the weights, recorded in every output.
     """
 

@@ -364,7 +364,10 @@ def _resolve(path) -> _Layout:
 
 
 def _same_value(a, b) -> bool:
-    if isinstance(a, (int, float)) and isinstance(b, (int, float)) and not isinstance(a, bool) and not isinstance(b, bool):
+    def number(v):
+        return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+    if number(a) and number(b):
         return math.isclose(float(a), float(b), rel_tol=1e-9, abs_tol=0.0)
     return a == b
 
@@ -418,13 +421,13 @@ def _check_family_denoiser(family, cond_kind: str, learned_sigma: bool, latent: 
     def refuse(what, folder, fam):
         raise ValueError(f"{source}: {what} is {folder} but model family {family.name!r} says {fam}")
 
+    if family.is_latent != latent:
+        refuse("the model", "a latent pipeline" if latent else "pixel-space",
+               f"latent kind {family.latent.kind!r}")
     if family.conditioning.kind != cond_kind:
         refuse("the conditioning", repr(cond_kind), repr(family.conditioning.kind))
     if family.learned_sigma != learned_sigma:
         refuse("learned_sigma", learned_sigma, family.learned_sigma)
-    if family.is_latent != latent:
-        refuse("the model", "a latent pipeline" if latent else "pixel-space",
-               f"latent kind {family.latent.kind!r}")
 
 
 def _latent_codec(layout: _Layout, family, encode: Optional[str], quantize_on_decode: bool):
@@ -440,7 +443,7 @@ def _latent_codec(layout: _Layout, family, encode: Optional[str], quantize_on_de
     scale, mode = None, encode
     if family is not None:
         if family.latent.autoencoder_class != class_name:
-            raise ValueError(f"{source}: the autoencoder is a {class_name} but model family {family.name!r} uses "
+            raise ValueError(f"{source}: the autoencoder is {class_name} but model family {family.name!r} uses "
                              f"{family.latent.autoencoder_class}")
         raw = read_json(source, what="model config")
         if "scaling_factor" in raw and not _same_value(raw["scaling_factor"], family.latent.scale):
@@ -535,3 +538,116 @@ def load_denoiser(path, *, schedule: Optional[sched.Schedule] = None, family=Non
         image_shape=codec.image_shape(spec.sample_shape),
         digest=hashlib.sha256(identity.encode()).hexdigest(),
     )
+
+
+# ==================================================================================================
+# Conversion to jaxmia's Flax folders
+# ==================================================================================================
+
+CONVERT_FORMATS = ("auto", "pytorch-ddpm", "diffusers")
+
+
+def require_empty_folder(dst: Path) -> None:
+    """Conversions write into a new or empty folder only, so nothing stale is mixed in."""
+    dst = Path(dst)
+    if dst.exists() and (not dst.is_dir() or any(dst.iterdir())):
+        raise ValueError(f"{dst}: the destination exists and is not an empty folder; choose a new one")
+
+
+def _is_model_folder(folder: Path) -> bool:
+    """A diffusers model folder of a registered class (not a transformers or scheduler folder)."""
+    config_path = folder / CONFIG_NAME
+    if not config_path.is_file():
+        return False
+    _ensure_registered()
+    return read_json(config_path, what="model config").get("_class_name") in MODEL_BUILDERS
+
+
+def convert_diffusers_folder(src, dst) -> dict:
+    """Converts a diffusers PyTorch folder (safetensors weights) into jaxmia's Flax format.
+
+    ``src`` is a model folder (``config.json`` of a registered class + safetensors), or a pipeline
+    folder: each component of a registered class is converted (:func:`load_unet` + :func:`save_unet`:
+    every weight checked against the config); other components (``scheduler/``, ``tokenizer/``,
+    ``text_encoder/``, ...) and ``model_index.json`` are copied as they are, except pickle files
+    (``.bin``, ``.pt``, ...), which are left out and listed. ``dst`` must be new or empty.
+
+    Returns:
+      ``{"converted": {component: weights digest}, "copied": [...], "skipped_pickles": [...]}``
+      (component "." for a model folder).
+    """
+    src, dst = Path(src), Path(dst)
+    if not src.is_dir():
+        raise FileNotFoundError(f"{src}: diffusers folder not found")
+    require_empty_folder(dst)
+    report = {"converted": {}, "copied": [], "skipped_pickles": []}
+
+    def convert_model(folder: Path, out: Path, name: str) -> None:
+        spec, params = _load_model(folder)
+        save_unet(out, spec.config, params)
+        report["converted"][name] = weights_digest(params)
+        for extra in sorted(folder.iterdir()):  # a scheduler config beside a model folder
+            if extra.name == SCHEDULER_CONFIG_NAME:
+                shutil.copy2(extra, out / extra.name)
+                report["copied"].append(str(Path(name) / extra.name))
+
+    def copy_tree(folder: Path, out: Path, name: str) -> None:
+        out.mkdir(parents=True, exist_ok=True)
+        for item in sorted(folder.iterdir()):
+            rel = str(Path(name) / item.name) if name != "." else item.name
+            if item.is_dir():
+                copy_tree(item, out / item.name, rel)
+            elif item.suffix in PICKLE_SUFFIXES:
+                report["skipped_pickles"].append(rel)
+            else:
+                shutil.copy2(item, out / item.name)
+                report["copied"].append(rel)
+
+    if _is_model_folder(src):
+        convert_model(src, dst, ".")
+        return report
+    components = [p for p in sorted(src.iterdir()) if p.is_dir()]
+    if not any(_is_model_folder(p) for p in components):
+        raise FileNotFoundError(f"{src}: neither a diffusers model folder ({CONFIG_NAME} of a supported class: "
+                                f"{', '.join(sorted(MODEL_BUILDERS))}) nor a pipeline holding one")
+    dst.mkdir(parents=True, exist_ok=True)
+    for item in sorted(src.iterdir()):
+        if item.is_dir() and _is_model_folder(item):
+            convert_model(item, dst / item.name, item.name)
+        elif item.is_dir():
+            copy_tree(item, dst / item.name, item.name)
+        elif item.suffix in PICKLE_SUFFIXES:
+            report["skipped_pickles"].append(item.name)
+        else:
+            shutil.copy2(item, dst / item.name)
+            report["copied"].append(item.name)
+    return report
+
+
+def convert_checkpoint(src, dst, *, format: str = "auto", ema: bool = True, flagfile=None,
+                       assume_cifar10_defaults: bool = False) -> dict:
+    """``jaxmia convert``: a pytorch-ddpm ``.pt`` (:mod:`jaxmia.models.pytorch_ddpm`) or a diffusers
+    PyTorch folder (:func:`convert_diffusers_folder`) into a folder :func:`load_denoiser` reads.
+
+    ``format="auto"`` picks ``pytorch-ddpm`` for a file and ``diffusers`` for a folder; the choice is
+    returned under ``"format"``. ``ema``, ``flagfile`` and ``assume_cifar10_defaults`` apply to
+    pytorch-ddpm only and are refused with ``diffusers``.
+    """
+    from jaxmia.models import pytorch_ddpm
+
+    src = Path(src)
+    if format not in CONVERT_FORMATS:
+        raise ValueError(f"unknown conversion format {format!r} (known: {', '.join(CONVERT_FORMATS)})")
+    if not src.exists():
+        raise FileNotFoundError(f"{src}: conversion source not found")
+    if format == "auto":
+        format = "diffusers" if src.is_dir() else "pytorch-ddpm"
+    if format == "diffusers":
+        if not ema or flagfile is not None or assume_cifar10_defaults:
+            raise ValueError("--no-ema, --flagfile and --assume-cifar10-defaults apply to --format pytorch-ddpm only")
+        return {"format": format, **convert_diffusers_folder(src, dst)}
+    if src.is_dir():
+        raise ValueError(f"{src}: a folder; --format pytorch-ddpm converts a checkpoint file (.pt)")
+    return {**pytorch_ddpm.convert_pytorch_ddpm(src, dst, ema=ema, flagfile=flagfile,
+                                                 assume_cifar10_defaults=assume_cifar10_defaults),
+            "format": format}

@@ -1,0 +1,280 @@
+"""The registry of model families: ``configs/families/<name>.toml`` read into typed, frozen records.
+
+A family states what a checkpoint folder cannot: the reference noise schedule and timestep
+convention, the latent scale and how images are encoded, the conditioning, and whether the output
+carries a learned variance (cdi-spec.md §9, models-and-weights.md §6–§8). :func:`load_denoiser`
+(``family=...``) uses a family to fill what a folder lacks and refuses any disagreement.
+
+File format (every key required unless marked optional; unknown keys are refused by name)::
+
+    name = "dit"                      # must equal the file name
+    description = "..."
+    reference = "..."
+    checkpoints = ["..."]             # optional: known checkpoints of the family
+    learned_sigma = true
+
+    [schedule]                        # keys and meaning of diffusers' scheduler_config.json
+    beta_schedule = "linear"          # linear | scaled_linear | squaredcos_cap_v2
+    beta_start = 0.0001
+    beta_end = 0.02
+    num_train_timesteps = 1000
+    prediction_type = "epsilon"
+    first_index_clean = false         # the timestep convention (U-ViT: true, t = 0 is clean)
+
+    [latent]
+    kind = "kl"                       # none | kl (AutoencoderKL) | vq (VQModel)
+    encode = "sample"                 # none | sample | mean | pre_quantization | quantized
+    scale = 0.18215                   # latent kinds only
+
+    [conditioning]
+    kind = "class"                    # none | class | text
+    num_classes = 1000                # class only
+    null_class = 1000                 # optional, class only
+    context_shape = [77, 768]         # text only
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import tomllib
+from pathlib import Path
+from typing import Any, Mapping, Optional
+
+from jaxmia import schedule as sched
+
+FAMILIES_DIR = Path(__file__).resolve().parents[2] / "configs" / "families"
+
+LATENT_KINDS = ("none", "kl", "vq")
+# Encode modes per latent kind (jaxmia.models.vae.ENCODE_MODES, by autoencoder class).
+ENCODE_MODES = {"none": ("none",), "kl": ("sample", "mean"), "vq": ("pre_quantization", "quantized")}
+AUTOENCODER_CLASSES = {"kl": "AutoencoderKL", "vq": "VQModel"}
+CONDITIONING_KINDS = ("none", "class", "text")
+
+
+@dataclasses.dataclass(frozen=True)
+class FamilySchedule:
+    """The reference noise schedule, in diffusers' scheduler-config terms."""
+
+    beta_schedule: str
+    beta_start: float
+    beta_end: float
+    num_train_timesteps: int
+    prediction_type: str
+    first_index_clean: bool
+
+    @property
+    def timestep_convention(self) -> str:
+        """``first_index_clean`` (ā[0] = 1, U-ViT) or ``standard`` (ā[0] = 1 − β_0)."""
+        return "first_index_clean" if self.first_index_clean else "standard"
+
+    def as_scheduler_config(self) -> dict:
+        """The scheduler-config keys :func:`jaxmia.schedule.schedule_from_config` reads."""
+        return dataclasses.asdict(self)
+
+
+@dataclasses.dataclass(frozen=True)
+class FamilyLatent:
+    """The autoencoder's role: ``kind`` none/kl/vq, the encode mode and the latent scale."""
+
+    kind: str
+    encode: str
+    scale: Optional[float] = None
+
+    @property
+    def autoencoder_class(self) -> Optional[str]:
+        return AUTOENCODER_CLASSES.get(self.kind)
+
+
+@dataclasses.dataclass(frozen=True)
+class FamilyConditioning:
+    kind: str
+    num_classes: Optional[int] = None
+    null_class: Optional[int] = None
+    context_shape: Optional[tuple[int, int]] = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Family:
+    """One model family (a ``configs/families/*.toml`` file), typed and frozen."""
+
+    name: str
+    description: str
+    reference: str
+    learned_sigma: bool
+    schedule: FamilySchedule
+    latent: FamilyLatent
+    conditioning: FamilyConditioning
+    checkpoints: tuple[str, ...] = ()
+    path: str = ""
+
+    @property
+    def is_latent(self) -> bool:
+        return self.latent.kind != "none"
+
+    def scheduler_config(self) -> dict:
+        """A complete scheduler config; ``clip_sample`` (a sampler option, not part of the
+        forward process) is on for pixel families and off for latent ones."""
+        return {**self.schedule.as_scheduler_config(), "clip_sample": not self.is_latent}
+
+    def make_schedule(self) -> sched.Schedule:
+        return sched.schedule_from_config(self.scheduler_config(), source=f"family {self.name!r}")
+
+
+# ==================================================================================================
+# Parsing
+# ==================================================================================================
+
+_TOP_REQUIRED = {"name", "description", "reference", "learned_sigma", "schedule", "latent", "conditioning"}
+_TOP_OPTIONAL = {"checkpoints"}
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _check_table(table: Any, where: str, required: set, optional: set, source: str) -> Mapping:
+    if not isinstance(table, Mapping):
+        raise ValueError(f"{source}: {where} must be a table, got {type(table).__name__}")
+    unknown = sorted(set(table) - required - optional)
+    if unknown:
+        raise ValueError(f"{source}: unknown key(s) {', '.join(repr(f'{where}.{k}' if where else k) for k in unknown)}")
+    missing = sorted(required - set(table))
+    if missing:
+        raise ValueError(f"{source}: missing key(s) {', '.join(repr(f'{where}.{k}' if where else k) for k in missing)}")
+    return table
+
+
+def _typed(table: Mapping, key: str, kind: str, where: str, source: str):
+    value = table[key]
+    name = f"{where}.{key}" if where else key
+    ok = {
+        "str": isinstance(value, str),
+        "bool": isinstance(value, bool),
+        "int": _is_int(value),
+        "float": _is_int(value) or isinstance(value, float),
+    }[kind]
+    if not ok:
+        raise ValueError(f"{source}: {name}={value!r} must be {'an' if kind == 'int' else 'a'} {kind}")
+    return float(value) if kind == "float" else value
+
+
+def _parse_schedule(table, source) -> FamilySchedule:
+    keys = {f.name for f in dataclasses.fields(FamilySchedule)}
+    _check_table(table, "schedule", keys, set(), source)
+    kinds = {"beta_schedule": "str", "beta_start": "float", "beta_end": "float", "num_train_timesteps": "int",
+             "prediction_type": "str", "first_index_clean": "bool"}
+    out = FamilySchedule(**{k: _typed(table, k, kinds[k], "schedule", source) for k in keys})
+    if out.beta_schedule not in sched.BETA_SCHEDULES:
+        raise ValueError(f"{source}: schedule.beta_schedule={out.beta_schedule!r} is not one of "
+                         f"{', '.join(sched.BETA_SCHEDULES)}")
+    if out.prediction_type not in sched.PREDICTION_TYPES:
+        raise ValueError(f"{source}: schedule.prediction_type={out.prediction_type!r} is not one of "
+                         f"{', '.join(sched.PREDICTION_TYPES)}")
+    if out.num_train_timesteps < 1:
+        raise ValueError(f"{source}: schedule.num_train_timesteps={out.num_train_timesteps} must be positive")
+    if not 0 < out.beta_start <= out.beta_end < 1:
+        raise ValueError(f"{source}: schedule.beta_start={out.beta_start}, beta_end={out.beta_end} must satisfy "
+                         "0 < beta_start <= beta_end < 1")
+    return out
+
+
+def _parse_latent(table, source) -> FamilyLatent:
+    if not isinstance(table, Mapping) or "kind" not in table:
+        _check_table(table, "latent", {"kind", "encode"}, {"scale"}, source)
+    kind = _typed(table, "kind", "str", "latent", source)
+    if kind not in LATENT_KINDS:
+        raise ValueError(f"{source}: latent.kind={kind!r} is not one of {', '.join(LATENT_KINDS)}")
+    _check_table(table, "latent", {"kind", "encode"} | ({"scale"} if kind != "none" else set()), set(), source)
+    encode = _typed(table, "encode", "str", "latent", source)
+    if encode not in ENCODE_MODES[kind]:
+        raise ValueError(f"{source}: latent.encode={encode!r} is not a {kind!r} encode mode "
+                         f"({', '.join(ENCODE_MODES[kind])})")
+    scale = None
+    if kind != "none":
+        scale = _typed(table, "scale", "float", "latent", source)
+        if not (scale > 0 and math.isfinite(scale)):
+            raise ValueError(f"{source}: latent.scale={scale!r} must be a positive number")
+    return FamilyLatent(kind=kind, encode=encode, scale=scale)
+
+
+def _parse_conditioning(table, source) -> FamilyConditioning:
+    if not isinstance(table, Mapping) or "kind" not in table:
+        _check_table(table, "conditioning", {"kind"}, set(), source)
+    kind = _typed(table, "kind", "str", "conditioning", source)
+    if kind not in CONDITIONING_KINDS:
+        raise ValueError(f"{source}: conditioning.kind={kind!r} is not one of {', '.join(CONDITIONING_KINDS)}")
+    if kind == "none":
+        _check_table(table, "conditioning", {"kind"}, set(), source)
+        return FamilyConditioning(kind)
+    if kind == "class":
+        _check_table(table, "conditioning", {"kind", "num_classes"}, {"null_class"}, source)
+        num_classes = _typed(table, "num_classes", "int", "conditioning", source)
+        if num_classes < 1:
+            raise ValueError(f"{source}: conditioning.num_classes={num_classes} must be positive")
+        null_class = _typed(table, "null_class", "int", "conditioning", source) if "null_class" in table else None
+        if null_class is not None and null_class < 0:
+            raise ValueError(f"{source}: conditioning.null_class={null_class} must be >= 0")
+        return FamilyConditioning(kind, num_classes=num_classes, null_class=null_class)
+    _check_table(table, "conditioning", {"kind", "context_shape"}, set(), source)
+    shape = table["context_shape"]
+    if not (isinstance(shape, list) and len(shape) == 2 and all(_is_int(v) and v > 0 for v in shape)):
+        raise ValueError(f"{source}: conditioning.context_shape={shape!r} must be [tokens, width] (positive integers)")
+    return FamilyConditioning(kind, context_shape=tuple(shape))
+
+
+def parse_family(data: Mapping[str, Any], *, source: str = "family") -> Family:
+    """Builds a :class:`Family` from a parsed TOML document; every problem is named with ``source``."""
+    _check_table(data, "", _TOP_REQUIRED, _TOP_OPTIONAL, source)
+    checkpoints = data.get("checkpoints", [])
+    if not (isinstance(checkpoints, list) and all(isinstance(c, str) for c in checkpoints)):
+        raise ValueError(f"{source}: checkpoints={checkpoints!r} must be a list of strings")
+    return Family(
+        name=_typed(data, "name", "str", "", source),
+        description=_typed(data, "description", "str", "", source),
+        reference=_typed(data, "reference", "str", "", source),
+        learned_sigma=_typed(data, "learned_sigma", "bool", "", source),
+        schedule=_parse_schedule(data["schedule"], source),
+        latent=_parse_latent(data["latent"], source),
+        conditioning=_parse_conditioning(data["conditioning"], source),
+        checkpoints=tuple(checkpoints),
+        path=source,
+    )
+
+
+def list_families(directory: Path | None = None) -> list[str]:
+    """Names of the families in ``directory`` (default :data:`FAMILIES_DIR`)."""
+    directory = Path(directory or FAMILIES_DIR)
+    return sorted(p.stem for p in directory.glob("*.toml")) if directory.is_dir() else []
+
+
+def load_family(name_or_path, *, directory: Path | None = None) -> Family:
+    """Reads a family by name (``configs/families/<name>.toml``) or from a ``.toml`` path.
+
+    Raises:
+      ValueError / FileNotFoundError naming the family or file: an unknown family (the known ones
+      are listed), invalid TOML, an unknown, missing or mistyped key, a ``name`` that is not the
+      file's name.
+    """
+    if isinstance(name_or_path, Family):
+        return name_or_path
+    text = str(name_or_path)
+    if text.endswith(".toml") or "/" in text or "\\" in text:
+        path = Path(text)
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: family file not found")
+    else:
+        directory = Path(directory or FAMILIES_DIR)
+        path = directory / f"{text}.toml"
+        if not path.is_file():
+            known = list_families(directory)
+            where = ", ".join(known) if known else f"none: {directory} has no family files"
+            raise ValueError(f"unknown model family {text!r} (known: {where})")
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"{path}: not valid TOML ({err})") from None
+    family = parse_family(data, source=str(path))
+    if family.name != path.stem:
+        raise ValueError(f"{path}: name={family.name!r} does not match the file name {path.stem!r}")
+    return family
