@@ -12,7 +12,6 @@ from dataclasses import dataclass
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 
 from jaxmia import schedule as sched
@@ -41,18 +40,22 @@ def example_loss(params, denoiser: Denoiser, x0, cond, key):
     return jnp.mean((eps_hat - eps) ** 2)
 
 
-def train_denoiser(denoiser: Denoiser, images, cfg: TrainConfig, cond=None, *, progress: bool = True):
+def train_denoiser(denoiser: Denoiser, images, cfg: TrainConfig, cond=None, *, progress: bool = True,
+                   callback=None, callback_every: int = 0):
     """Trains ``denoiser.params`` on ``images`` (N, H, W, C) in [-1, 1]; returns (denoiser, log).
 
-    The returned denoiser carries the EMA weights.
+    The returned denoiser carries the EMA weights. ``callback(step, ema_denoiser)`` runs every
+    ``callback_every`` steps (e.g. to watch memorisation grow while calibrating a target).
     """
     images = jnp.asarray(images, jnp.float32)
     n = images.shape[0]
-    lr = optax.warmup_cosine_decay_schedule(0.0, cfg.learning_rate, cfg.warmup_steps, cfg.steps,
+    warmup = min(cfg.warmup_steps, cfg.steps // 10)
+    lr = optax.warmup_cosine_decay_schedule(0.0, cfg.learning_rate, warmup, max(cfg.steps, warmup + 1),
                                             end_value=cfg.learning_rate * 0.1)
     opt = optax.chain(optax.clip_by_global_norm(cfg.grad_clip), optax.adam(lr))
     params = denoiser.params
-    state = (params, opt.init(params), params)  # (params, optimiser state, EMA params)
+    ema = jax.tree_util.tree_map(jnp.copy, params)  # a separate buffer: the step donates both
+    state = (params, opt.init(params), ema)  # (params, optimiser state, EMA params)
     root = jax.random.key(cfg.seed)
 
     def batch_loss(p, idx, key):
@@ -79,31 +82,7 @@ def train_denoiser(denoiser: Denoiser, images, cfg: TrainConfig, cond=None, *, p
             if step % 100 == 0 or step == cfg.steps - 1:
                 losses.append((step, float(loss)))
             bar.update(1)
+            if callback is not None and callback_every and (step + 1) % callback_every == 0:
+                callback(step + 1, denoiser.replace(params=state[2]))
         log = {"losses": losses, **bar.summary()}
     return denoiser.replace(params=state[2]), log
-
-
-def batch_denoising_loss(denoiser: Denoiser, images, t: int, seed: int, ids, n_draws: int = 5,
-                         batch_size: int = 64) -> np.ndarray:
-    """Mean over ``n_draws`` of ‖ε − ε_θ(x_t, t)‖₂ per image (CDI's DL, cdi-spec.md §4.1), keyed by id.
-
-    A small self-contained helper for the training report; the attack kernels live in
-    ``jaxmia.features``.
-    """
-    from jaxmia import rng
-
-    hashes = jnp.asarray(rng.id_hashes(ids))
-    root = rng.root_key(seed)
-
-    def one(x0, h):
-        def draw(r):
-            eps = jax.random.normal(jax.random.fold_in(rng.key_for(root, h, "dl"), r), x0.shape)
-            x_t = sched.q_sample(denoiser.schedule, x0, t, eps)
-            return jnp.linalg.norm((denoiser.eps(x_t, t) - eps).ravel())
-        return jnp.mean(jax.vmap(draw)(jnp.arange(n_draws)))
-
-    jit_losses = jax.jit(jax.vmap(one))
-    out = []
-    for lo in range(0, len(ids), batch_size):
-        out.append(np.asarray(jit_losses(jnp.asarray(images[lo:lo + batch_size]), hashes[lo:lo + batch_size])))
-    return np.concatenate(out)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-DEMO_SIZE = 16
+DEMO_SIZE = 8
 DEMO_TARGET = Path(__file__).resolve().parent.parent / "assets" / "demo_target"
 DEMO_SETS = ("members", "nonmembers", "all")
 
