@@ -1,0 +1,262 @@
+"""``run_audit``: one call from a model and two image sets to a verdict with evidence.
+
+Stages (each resumable; rerunning the same command in the same folder continues):
+
+1. load the model and the sets P (published) and U (unpublished); sample ``n`` per side (seeded);
+2. extract features of both sides (``features/features-<ids digest>.npz``; an interrupted
+   extraction resumes from its ``.partial.npz`` and loses at most the current batch);
+3. the CDI test (:func:`jaxmia.inference.run_cdi`): scoring model, calibrated p-value,
+   sample-count curve;
+4. null calibration: innocent splits of U, the empirical false-positive rate of the test;
+5. single-image attacks for context: how well each per-image score separates P from U;
+6. DRC evidence: a few images of each side degraded and restored by the model;
+7. ``report.json``, ``report.html`` and the plots.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from jaxmia import __version__
+from jaxmia.audit.config import AuditConfig
+from jaxmia.table import FeatureTable, load_table
+
+
+def _say(msg: str, quiet: bool) -> None:
+    if not quiet:
+        print(f"jaxmia: {msg}", file=sys.stderr, flush=True)
+
+
+def _ids_digest(ids) -> str:
+    return hashlib.sha256("\n".join(sorted(ids)).encode()).hexdigest()[:16]
+
+
+def _load_sets(model, published, unpublished, settings):
+    from jaxmia.data import Dataset, load_dataset
+    from jaxmia.models import Denoiser, load_denoiser
+
+    denoiser = model if isinstance(model, Denoiser) else load_denoiser(model)
+    shape = denoiser.input_shape
+
+    def load(spec):
+        if isinstance(spec, Dataset):
+            return spec
+        return load_dataset(spec, image_shape=shape, resize=settings.resize, on_error=settings.on_error)
+
+    p, u = load(published), load(unpublished)
+    overlap = sorted(set(p.ids) & set(u.ids))
+    if overlap and p.source == u.source:
+        raise ValueError(f"P and U share {len(overlap)} image id(s) (e.g. {overlap[0]!r}); they must be disjoint sets")
+    if settings.n is not None:
+        for side, ds in (("published", p), ("unpublished", u)):
+            if len(ds) < settings.n:
+                raise ValueError(f"{side} set {ds.source}: {len(ds)} images, fewer than audit.n = {settings.n}")
+        p = p.take(settings.n, seed=settings.seed)
+        u = u.take(settings.n, seed=settings.seed + 1)
+    return denoiser, p, u
+
+
+def side_features(denoiser, dataset, cfg: AuditConfig, cache_dir: Path, *, quiet: bool = False) -> FeatureTable:
+    """Features of one side, cached by (ids, features, config, seed, model): reruns reuse or resume them."""
+    from jaxmia.features import extract
+
+    key = {"ids": _ids_digest(dataset.ids), "features": cfg.audit.features, "config": cfg.features.to_dict(),
+           "seed": cfg.audit.seed, "model": denoiser.digest}
+    name = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+    path = cache_dir / f"features-{name}.npz"
+    if path.exists():
+        table = load_table(path)
+        if sorted(table.ids.tolist()) == sorted(dataset.ids):
+            _say(f"reusing features of {len(dataset)} images from {path}", quiet)
+            return table
+    return extract(denoiser, dataset, cfg.audit.features, out=path, seed=cfg.audit.seed,
+                   batch_size=cfg.audit.batch_size, config=cfg.features, progress=not quiet)
+
+
+def _mia_context(p_table: FeatureTable, u_table: FeatureTable, attacks) -> dict:
+    """How well each single-image score separates P from U (P labelled 1). Context, not a verdict."""
+    from jaxmia.inference import evaluate_mia
+    from jaxmia.table import FeatureTable as T
+
+    cols = [a for a in attacks if a in p_table.names and a in u_table.names]
+    if not cols:
+        return {}
+    ids = np.concatenate([p_table.ids, u_table.ids])
+    values = np.concatenate([p_table.select(cols).values, u_table.select(cols).values])
+    labels = {i: 1 for i in p_table.ids.tolist()} | {i: 0 for i in u_table.ids.tolist()}
+    return evaluate_mia(T(ids, tuple(cols), values), labels, lower_is_member=cols)
+
+
+def run_audit(model, published, unpublished, out_dir, config: AuditConfig | None = None, *,
+              quiet: bool = False, features_dir=None) -> dict:
+    """Audits ``model`` for the use of ``published`` (P) against ``unpublished`` (U); writes a report.
+
+    Args:
+      model: a model path (see :func:`jaxmia.models.load_denoiser`), ``"demo"``, or a Denoiser.
+      published, unpublished: data specs (folder, ``.npz``, ``demo:members`` ...) or Datasets.
+      out_dir: output folder; holds ``config.json``, ``features/``, ``report.json``,
+        ``report.html`` and the plots. Rerunning with the same config continues where it stopped;
+        a different config in the same folder is refused, naming the first difference.
+      features_dir: where feature tables are cached (default ``out_dir/features``); audits sharing
+        a set (the demo's U) share its features.
+
+    Returns:
+      The report dictionary (also written as ``report.json``).
+    """
+    from jaxmia.inference import null_calibration, run_cdi
+    from jaxmia.inference.report import write_cdi_report
+    from jaxmia.report import write_html_report
+
+    cfg = config or AuditConfig()
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    resolved = cfg.to_dict()
+    cfg_path = out / "config.json"
+    if cfg_path.exists():
+        before = json.loads(cfg_path.read_text())
+        if before != json.loads(json.dumps(resolved)):
+            diff = _first_difference(before, json.loads(json.dumps(resolved)))
+            raise ValueError(f"{out} holds an audit with another config ({diff}); use a new --out folder")
+    cfg_path.write_text(json.dumps(resolved, indent=2) + "\n")
+    timings: dict = {}
+    t = time.perf_counter()
+
+    denoiser, p_set, u_set = _load_sets(model, published, unpublished, cfg.audit)
+    _say(f"P = {p_set.source} ({len(p_set)} images), U = {u_set.source} ({len(u_set)} images)", quiet)
+    timings["load"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    cache = Path(features_dir) if features_dir is not None else out / "features"
+    p_table = side_features(denoiser, p_set, cfg, cache, quiet=quiet)
+    u_table = side_features(denoiser, u_set, cfg, cache, quiet=quiet)
+    timings["features"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    cdi = run_cdi(p_table, u_table, cfg.cdi)
+    cdi_paths = write_cdi_report(cdi, out / "cdi")
+    timings["cdi"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    null = None
+    n_pair = cdi["verdict"]["n_p"]
+    half = len(u_table.ids) // 2
+    if cfg.audit.null_splits and half >= 10:
+        pool = u_table.select(cdi["features"]).values
+        null = null_calibration(pool, n=min(n_pair, half), trials=cfg.audit.null_splits, test=cfg.audit.null_test,
+                                seed=cfg.audit.seed, alpha=cfg.cdi.alpha)
+        null.pop("pvalues", None)
+        if min(n_pair, half) < n_pair:
+            null["note"] = f"splits of U hold {half} images per side (U is too small for {n_pair})"
+    timings["null_calibration"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    mia = _mia_context(p_table, u_table, cfg.audit.mia_attacks)
+    mia_paths = {}
+    if mia:
+        from jaxmia.inference.report import write_mia_report
+
+        mia_paths = write_mia_report(mia, out / "mia")
+    timings["mia"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    drc = None
+    if cfg.audit.drc_images:
+        drc = _drc_evidence(denoiser, p_set, u_set, cfg, out / "drc", quiet)
+    timings["drc"] = time.perf_counter() - t
+
+    verdict = cdi["verdict"]
+    report = {
+        "kind": "audit",
+        "verdict": verdict,
+        "summary": _summary_sentence(verdict, p_set.source, cfg.cdi.alpha),
+        "samples_needed": (cdi.get("curve") or {}).get("samples_needed"),
+        "curve": cdi.get("curve"),
+        "null_calibration": null,
+        "features": cdi["features"],
+        "pairing": cdi["pairing"],
+        "mia_context": {k: {m: v for m, v in col.items() if m != "scores_oriented"}
+                        for k, col in (mia.get("columns") or {}).items()},
+        "drc": drc,
+        "published": {"source": p_set.source, "n": len(p_set)},
+        "unpublished": {"source": u_set.source, "n": len(u_set)},
+        "model": {"source": str(model) if not hasattr(model, "digest") else "in-memory Denoiser",
+                  "digest": denoiser.digest, "sample_shape": list(denoiser.sample_shape)},
+        "config": resolved,
+        "seed": cfg.audit.seed,
+        "versions": _versions(),
+        "timings_s": {k: round(v, 2) for k, v in timings.items()},
+        "outputs": {"cdi": cdi_paths, "mia": mia_paths},
+    }
+    (out / "report.json").write_text(json.dumps(report, indent=2, default=_json_default) + "\n")
+    report["outputs"]["html"] = str(write_html_report(report, out / "report.html"))
+    (out / "report.json").write_text(json.dumps(report, indent=2, default=_json_default) + "\n")
+    return report
+
+
+def _drc_evidence(denoiser, p_set, u_set, cfg: AuditConfig, out: Path, quiet: bool) -> dict:
+    from jaxmia.drc import run_drc
+
+    k = cfg.audit.drc_images
+    p_few = p_set.take(min(k, len(p_set)), seed=cfg.audit.seed + 2)
+    u_few = u_set.take(min(k, len(u_set)), seed=cfg.audit.seed + 3)
+    result = {}
+    for side, ds in (("published", p_few), ("unpublished", u_few)):
+        r = run_drc(denoiser, ds, cfg.drc, out / side, batch_size=max(1, min(k, 8)), seed=cfg.audit.seed,
+                    progress=not quiet, evidence=len(ds))
+        table = load_table(r["table"])
+        metric = [c for c in table.names if c.startswith(f"drc_{cfg.drc.score_metric}_")]
+        result[side] = {
+            "evidence": r["evidence"],
+            "summary": r.get("summary"),
+            "mean_" + cfg.drc.score_metric: float(table.select(metric).values.mean()) if metric else None,
+        }
+    result["metric"] = cfg.drc.score_metric
+    return result
+
+
+def _summary_sentence(verdict: dict, source: str, alpha: float) -> str:
+    p = verdict["p_value"]
+    if verdict.get("reject"):
+        return (f"The model treats the published images ({source}) as training data: p = {p:.3g} < {alpha:g}. "
+                "If the model had never seen them, a difference this large would occur by chance less often than "
+                f"{alpha:.0%} of the time.")
+    return (f"No evidence that the published images ({source}) were used in training: p = {p:.3g} "
+            f"(not below {alpha:g}). This does not prove they were not used; it means the model does not treat "
+            "them measurably differently from the unpublished images.")
+
+
+def _first_difference(a, b, path="") -> str:
+    if isinstance(a, dict) and isinstance(b, dict):
+        for k in sorted(set(a) | set(b)):
+            if a.get(k) != b.get(k):
+                return _first_difference(a.get(k), b.get(k), f"{path}.{k}" if path else k)
+    return f"{path}: {a!r} before, {b!r} now"
+
+
+def _versions() -> dict:
+    import flax
+    import jax
+    import scipy
+    import sklearn
+
+    return {"jaxmia": __version__, "jax": jax.__version__, "flax": flax.__version__, "numpy": np.__version__,
+            "scipy": scipy.__version__, "scikit-learn": sklearn.__version__, "python": platform.python_version()}
+
+
+def _json_default(obj):
+    if isinstance(obj, (np.integer,)):
+        return int(obj)
+    if isinstance(obj, (np.floating,)):
+        return float(obj)
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, Path):
+        return str(obj)
+    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
