@@ -78,6 +78,13 @@ def drc_command(model, data, out_dir, seed, batch_size, steps, strength, eta, ra
 # ---- features: per-image CDI / MIA signals ----------------------------------------------------
 
 
+def _int_list(text: str, option: str) -> tuple:
+    try:
+        return tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise ValueError(f"{option}: expected comma-separated integers, got {text!r}") from None
+
+
 @main.command("features")
 @click.argument("model")
 @click.argument("data")
@@ -85,26 +92,45 @@ def drc_command(model, data, out_dir, seed, batch_size, steps, strength, eta, ra
               help="Comma-separated signals: cdi, loss, secmi, pia, pian, multi_loss, grad_mask, noise_opt.")
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="Feature table to write (.npz + .json).")
 @click.option("--seed", default=0, show_default=True, type=int, help="Root seed of every noise draw.")
-@click.option("--batch-size", default=16, show_default=True, type=int, help="Images per compiled step.")
+@click.option("--batch-size", default=None, type=int, help="Images per compiled step [16].")
+@click.option("--per-device-batch", default=None, type=int, help="Images per data-axis device (instead of --batch-size).")
+@click.option("--mesh", "mesh", default=None, metavar="DATA,MODEL",
+              help="Device mesh, e.g. 4,2: a model axis > 1 splits large parameters [N,1].")
 @click.option("--preset", default="cdi", show_default=True,
               help="Config preset: cdi, cdi_reference, secmi_mia, pia_mia, loss_mia.")
 @click.option("--set", "overrides", multiple=True, metavar="FIELD=VALUE",
               help="Override one config field (repeatable), e.g. --set no_mode=reference.")
-def features_command(model, data, features, out, seed, batch_size, preset, overrides):
-    """Extract per-image features of DATA under MODEL into a feature table (resumable)."""
+@click.option("--coordinator", default=None, metavar="HOST:PORT",
+              help="Join a jax.distributed run [$JAX_COORDINATOR_ADDRESS]; process 0 merges the shards.")
+@click.option("--num-processes", default=None, type=int, help="P processes share the ids [$JAX_NUM_PROCESSES].")
+@click.option("--process-id", default=None, type=int, help="This process's k in 0..P-1 [$JAX_PROCESS_ID].")
+@click.option("--distributed", is_flag=True, help="Join a jax.distributed run detected from TPU pod / SLURM / Open MPI.")
+def features_command(model, data, features, out, seed, batch_size, per_device_batch, mesh, preset, overrides,
+                     coordinator, num_processes, process_id, distributed):
+    """Extract per-image features of DATA under MODEL into a feature table (resumable, shardable)."""
     from jaxmia.data import load_dataset
-    from jaxmia.features import extract, make_config, parse_overrides
+    from jaxmia.distributed import extract_sharded, process_layout
+    from jaxmia.features import make_config, parse_overrides
     from jaxmia.models import load_denoiser
 
+    layout = process_layout(coordinator, num_processes, process_id, distributed=distributed)  # before any JAX work
+    mesh_shape = None if mesh is None else _int_list(mesh, "--mesh")
     cfg = make_config(preset, **parse_overrides(overrides))
     denoiser = load_denoiser(model)
     dataset = load_dataset(data, image_shape=denoiser.input_shape)
-    table = extract(denoiser, dataset, features, out=out, seed=seed, batch_size=batch_size, config=cfg)
+    run = extract_sharded(denoiser, dataset, features, out=out, layout=layout, seed=seed, batch_size=batch_size,
+                          per_device_batch=per_device_batch, mesh_shape=mesh_shape, config=cfg)
+    table = run.table
     rate = table.meta["throughput"]["images_per_s"]
     cost = table.meta["unet_evals_per_image"]
-    click.echo(f"features: {len(table.ids)} images x {len(table.names)} columns -> {out} "
+    where = out if run.shard is None else f"{run.shard}{' (complete already, reused)' if run.reused else ''}"
+    click.echo(f"features: {len(table.ids)} images x {len(table.names)} columns -> {where} "
                f"({cost['forward']} forward + {cost['backward']} backward UNet passes per image"
                + ("" if rate is None else f", {rate:.2f} images/s") + ")")
+    if run.shard is not None and run.merged is not None:
+        click.echo(f"merged {layout.num_processes} shards: {len(run.merged_table.ids)} images -> {run.merged}")
+    elif run.shard is not None and not layout.coordinated:
+        click.echo(f"when all {layout.num_processes} shards are written: jaxmia merge --out {out}")
 
 
 # ---- inference: CDI dataset inference and labelled MIA evaluation ----------------------------
@@ -199,3 +225,90 @@ def convert_command(src, dst, fmt, ema, flagfile, assume_cifar10_defaults):
         click.echo(f"convert: {src} -> {dst} (diffusers; converted {parts}; copied {len(result['copied'])} file(s))")
         if result["skipped_pickles"]:
             click.echo(f"  left out pickle file(s): {', '.join(result['skipped_pickles'])}")
+
+
+# ---- audit: the end-to-end job of a data owner ---------------------------------------------------
+
+
+def _audit_config(config_file, sets, **flags):
+    from jaxmia.audit.config import load_config, parse_set
+
+    overrides = parse_set(sets)
+    for key, value in flags.items():  # explicit flags win over --set and the file
+        if value is not None:
+            section, name = key.split("__")
+            overrides.setdefault(section, {})[name] = value
+    return load_config(config_file, overrides)
+
+
+def _print_verdict(label: str, report: dict) -> None:
+    v = report["verdict"]
+    word = "TRAINED ON P" if v.get("reject") else "no evidence"
+    click.echo(f"{label}: {word}  (p = {v['p_value']:.3g}, {v['method']} test, n = {v['n_p']} per side)")
+    null = report.get("null_calibration")
+    if null:
+        click.echo(f"{' ' * len(label)}  null false-positive rate at alpha={null['alpha']:g}: {null['fpr']:.1%} "
+                   f"over {null['trials']} innocent splits of U")
+
+
+@main.command("audit")
+@click.argument("model")
+@click.option("--published", "-p", required=True, help="P: the owner's published images (folder, .npz, demo:...)")
+@click.option("--unpublished", "-u", required=True, help="U: images of the same kind never published")
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="output folder")
+@click.option("--config", "config_file", type=click.Path(dir_okay=False), help="TOML config (see configs/)")
+@click.option("--features", default=None, help="feature names for the scoring model (default: cdi)")
+@click.option("--n", type=int, default=None, help="images per side")
+@click.option("--alpha", type=float, default=None, help="decision level (default 0.01)")
+@click.option("--seed", type=int, default=None)
+@click.option("--batch-size", type=int, default=None)
+@click.option("--set", "sets", multiple=True, help="override SECTION.FIELD=VALUE, e.g. cdi.permutations=200")
+@click.option("--quiet", is_flag=True, help="no progress output")
+def audit_command(model, published, unpublished, out_dir, config_file, features, n, alpha, seed, batch_size, sets,
+                  quiet):
+    """Audit MODEL: was it trained on the published set P? Writes report.json and report.html."""
+    from jaxmia.audit import run_audit
+
+    cfg = _audit_config(config_file, sets, audit__features=features, audit__n=n, cdi__alpha=alpha,
+                        audit__seed=seed, audit__batch_size=batch_size)
+    report = run_audit(model, published, unpublished, out_dir, cfg, quiet=quiet)
+    _print_verdict("verdict", report)
+    click.echo(f"report: {report['outputs']['html']}")
+
+
+@main.command("demo")
+@click.option("--out", "out_dir", default="runs/demo", show_default=True, type=click.Path(file_okay=False))
+@click.option("--config", "config_file", type=click.Path(dir_okay=False), help="TOML config (default: configs/experiments/demo.toml)")
+@click.option("--set", "sets", multiple=True, help="override SECTION.FIELD=VALUE")
+@click.option("--quiet", is_flag=True)
+def demo_command(out_dir, config_file, sets, quiet):
+    """Audit the bundled demo target twice: P = its members (guilty), P = non-members (innocent)."""
+    import time
+
+    from jaxmia.audit.demo import demo_config, run_demo
+
+    from jaxmia.audit.config import parse_set
+
+    start = time.perf_counter()
+    cfg = demo_config(config_file, parse_set(sets))
+    reports = run_demo(out_dir, cfg, quiet=quiet)
+    click.echo("")
+    _print_verdict("guilty case   (P = members)    ", reports["guilty"])
+    _print_verdict("innocent case (P = non-members)", reports["innocent"])
+    click.echo(f"reports: {out_dir}/guilty/report.html, {out_dir}/innocent/report.html "
+               f"({time.perf_counter() - start:.0f} s)")
+
+
+# ---- distributed: merging the shards of a sharded extraction -----------------------------------
+
+
+@main.command("merge")
+@click.argument("shards", nargs=-1, type=click.Path(dir_okay=False))
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="Merged feature table (.npz + .json).")
+def merge_command(shards, out):
+    """Merge SHARDS (default: OUT.shard-*-of-*.npz) of a sharded 'jaxmia features' run into OUT."""
+    from jaxmia.distributed import find_shards, merge_shards
+
+    table = merge_shards(list(shards) or find_shards(out), out=out)
+    click.echo(f"merge: {table.meta['n_processes']} shards, {len(table.ids)} images x {len(table.names)} columns "
+               f"-> {out}")

@@ -1,8 +1,10 @@
 """The DRC driver: score a dataset, write the feature table and the evidence images.
 
 One compiled call per batch (``jit_drc_batch``: every image × every task, the whole sampling scan
-inside), data-parallel over the local devices. Results do not depend on the batch size or the
-device count: all randomness is keyed by (seed, image id, task name).
+inside), data-parallel over the local devices on the same ``("data", "model")`` mesh as feature
+extraction (:func:`jaxmia.features.runner.place`; a model axis > 1 splits large parameter leaves).
+Results do not depend on the batch size or the device count: all randomness is keyed by (seed,
+image id, task name).
 """
 
 from __future__ import annotations
@@ -15,10 +17,8 @@ from typing import Callable, Optional
 
 import jax
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 import jaxmia
-from jaxmia import rng
 from jaxmia.data import Dataset, iter_batches
 from jaxmia.drc.config import DRCConfig, tasks
 from jaxmia.drc.evidence import evidence_grid, safe_filename, summary_grid
@@ -26,6 +26,7 @@ from jaxmia.drc.features import drc_one
 from jaxmia.drc.masks import user_masks
 from jaxmia.drc.metrics import ORIENTATION, cosine_similarity, orient
 from jaxmia.drc.restore import network_calls_per_image, plan_for
+from jaxmia.features import runner as mesh_runner
 from jaxmia.progress import Progress
 from jaxmia.table import FeatureTable, save_table
 
@@ -64,20 +65,22 @@ def _check_inputs(denoiser, dataset: Dataset, cfg: DRCConfig, holes, embed_fn) -
 
 
 class _Runner:
-    """Runs jit_drc_batch over rows of a dataset, sharded over the devices."""
+    """Runs jit_drc_batch over rows of a dataset, sharded over the mesh's data axis."""
 
-    def __init__(self, denoiser, dataset, cfg, root, masks_by_row, batch_size, devices):
-        self.dataset, self.cfg, self.root = dataset, cfg, root
+    def __init__(self, denoiser, dataset, cfg, seed, masks_by_row, batch_size, devices, per_device_batch, mesh_shape,
+                 shard_min_size):
+        # The batch size is rounded up to whole rows per data-axis device (recorded in the sidecar).
+        self.placed = mesh_runner.place(denoiser, seed, batch_size, devices, per_device_batch=per_device_batch,
+                                   mesh_shape=mesh_shape, shard_min_size=shard_min_size, round_up=True)
+        self.dataset, self.cfg, self.root = dataset, cfg, self.placed.root
         self.masks_by_row = masks_by_row
-        self.mesh = Mesh(np.asarray(devices), ("data",))
-        n_dev = len(devices)
-        self.batch_size = n_dev * math.ceil(batch_size / n_dev)  # whole rows per device
-        self.denoiser = jax.device_put(denoiser, NamedSharding(self.mesh, PartitionSpec()))
+        self.batch_size = self.placed.batch_size
+        self.denoiser = self.placed.denoiser
         self.row_of = {i: k for k, i in enumerate(dataset.ids)}
         self.use_cond = denoiser.cond_kind != "none"
 
     def _shard(self, x):
-        return None if x is None else jax.device_put(np.asarray(x), NamedSharding(self.mesh, PartitionSpec("data")))
+        return None if x is None else jax.device_put(np.asarray(x), self.placed.batch_sharding)
 
     def batches(self, ids=None, *, with_images: bool = False):
         """Yields (ids of the real rows, their images, host dict of their outputs)."""
@@ -108,6 +111,9 @@ def run_drc(
     holes=None,
     embed_fn: Optional[Callable] = None,
     devices=None,
+    per_device_batch: Optional[int] = None,
+    mesh_shape: Optional[tuple] = None,
+    shard_min_size: Optional[int] = None,
 ) -> dict:
     """Degrade-restore-compare every image of ``dataset``; write the table and evidence PNGs.
 
@@ -130,7 +136,11 @@ def run_drc(
       batch_size: images per compiled call; the network sees batch_size × R inputs per step
         (all tasks of all images run together).
       devices: devices to shard the batch over (default: all local devices). The batch size is
-        rounded up to a multiple of their number (recorded in the sidecar).
+        rounded up to a multiple of the data-axis length (recorded in the sidecar).
+      per_device_batch: images per data-axis device (instead of ``batch_size``).
+      mesh_shape: (data, model), as in :func:`jaxmia.features.extract`; default (n_devices, 1).
+      shard_min_size: with a model axis > 1, parameter leaves of at least this many elements are
+        split over it (default :data:`jaxmia.features.runner.DEFAULT_SHARD_MIN_SIZE`).
 
     Returns:
       dict with ``table`` (path), ``columns``, ``n_images``, ``evidence`` (paths), ``summary``
@@ -138,7 +148,7 @@ def run_drc(
       ``seconds``.
     """
     _check_inputs(denoiser, dataset, cfg, holes, embed_fn)
-    if batch_size < 1:
+    if per_device_batch is None and batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     if evidence < 0:
         raise ValueError(f"evidence must be >= 0, got {evidence}")
@@ -150,7 +160,9 @@ def run_drc(
     height, width, _ = dataset.image_shape
     masks_by_row = None if holes is None else user_masks(holes, dataset.ids, height, width)
     devices = list(jax.local_devices() if devices is None else devices)
-    runner = _Runner(denoiser, dataset, cfg, rng.root_key(seed), masks_by_row, batch_size, devices)
+    min_size = mesh_runner.DEFAULT_SHARD_MIN_SIZE if shard_min_size is None else shard_min_size
+    runner = _Runner(denoiser, dataset, cfg, seed, masks_by_row, None if per_device_batch else batch_size, devices,
+                     per_device_batch, mesh_shape, min_size)
 
     ids, columns, fractions = [], {m: [] for m in cfg.metrics}, []
     with Progress("drc", total=len(dataset), enabled=progress) as bar:
@@ -218,6 +230,7 @@ def _meta(denoiser, dataset, cfg, seed, runner, devices, plan, task_list, fracti
         "n_images": int(fractions.shape[0]),
         "batch_size": runner.batch_size,
         "n_devices": len(devices),
+        "mesh_shape": list(runner.placed.mesh_shape),
         "versions": {"jaxmia": jaxmia.__version__, "jax": jax.__version__},
         "timing": timing,
         "drc": {

@@ -22,6 +22,10 @@ from jaxmia.features.registry import parse_features  # noqa: F401
 from jaxmia.features.registry import plan_columns  # noqa: F401
 from jaxmia.features.registry import plan_cost  # noqa: F401
 from jaxmia.features.registry import register_feature  # noqa: F401
+from jaxmia.features.runner import DEFAULT_SHARD_MIN_SIZE  # noqa: F401
+from jaxmia.features.runner import data_mesh  # noqa: F401
+from jaxmia.features.runner import leaf_sharding  # noqa: F401
+from jaxmia.features.runner import shard_denoiser  # noqa: F401
 
 # Built-in signals register themselves on import (order = nothing but readability).
 from jaxmia.features import grad_mask as _grad_mask  # noqa: F401,E402
@@ -37,6 +41,7 @@ from jaxmia.features.cdi import cdi_vector  # noqa: F401,E402
 from jaxmia.features.extract import extract  # noqa: F401,E402
 from jaxmia.features.extract import jit_features  # noqa: F401,E402
 from jaxmia.features.extract import partial_path  # noqa: F401,E402
+from jaxmia.features.extract import run_identity  # noqa: F401,E402
 from jaxmia.features.grad_mask import gm_at  # noqa: F401,E402
 from jaxmia.features.grad_mask import masked_input  # noqa: F401,E402
 from jaxmia.features.grad_mask import top_fraction_mask  # noqa: F401,E402

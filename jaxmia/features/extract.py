@@ -1,7 +1,8 @@
 """``extract()``: run any set of registered signals over a data set and write a feature table.
 
 One jitted program per (features, config, conditioning, shapes) vmaps the per-example kernels over
-a fixed-size batch sharded on a 1-D ``"data"`` mesh (params replicated); the last batch is padded
+a fixed-size batch sharded on the ``"data"`` axis of a ``("data", "model")`` mesh (params
+replicated, or split over ``"model"``; :mod:`jaxmia.features.runner`); the last batch is padded
 and masked, so nothing recompiles. Randomness comes from (seed, image id, purpose), so the table
 does not depend on the batch size, the device count or interruptions (style.md §4, §5).
 
@@ -62,7 +63,12 @@ def jit_features(names: tuple, cfg: FeatureConfig, with_cond: bool):
     return jax.jit(program)
 
 
-def _identity(names, columns, cfg, seed, denoiser, batch_size) -> dict:
+def run_identity(names, columns, cfg, seed, denoiser, batch_size) -> dict:
+    """What makes two runs' rows interchangeable: features, columns, config, seed, model, shapes.
+
+    The batch size is part of it only for batch-coupled signals (``no_mode="reference"``). Partial
+    files, and the shards of :mod:`jaxmia.distributed`, are resumed or merged only when it matches.
+    """
     ident = {
         "features": list(names),
         "columns": list(columns),
@@ -109,6 +115,7 @@ def _load_partial(path: Path, identity: dict, data) -> dict[str, np.ndarray]:
 
 def _save_partial(path: Path, identity: dict, done: dict[str, np.ndarray], n_columns: int) -> None:
     tmp = path.with_name(path.name + ".tmp")
+    path.parent.mkdir(parents=True, exist_ok=True)
     ids = list(done)
     values = np.stack([done[i] for i in ids]) if ids else np.zeros((0, n_columns))
     with open(tmp, "wb") as f:
@@ -159,12 +166,16 @@ def extract(
     *,
     out=None,
     seed: int = 0,
-    batch_size: int = 16,
+    batch_size: Optional[int] = None,
     config: FeatureConfig | str | None = None,
     devices=None,
     progress: bool = True,
     on_batch: Optional[Callable[[dict], None]] = None,
     resume: bool = True,
+    per_device_batch: Optional[int] = None,
+    mesh_shape: Optional[tuple] = None,
+    shard_min_size: int = runner.DEFAULT_SHARD_MIN_SIZE,
+    extra_meta: Optional[dict] = None,
 ) -> FeatureTable:
     """Extracts per-image features and returns (and, with ``out``, writes) a feature table.
 
@@ -175,12 +186,20 @@ def extract(
       features: registered names, as a list or a comma-separated string (``"cdi"``, ``"loss,secmi"``).
       out: the ``.npz`` table to write (with its ``.json`` sidecar); enables resuming from
         ``<out>.partial.npz``.
-      seed: the root seed of every draw. batch_size: images per step, a multiple of the device count.
+      seed: the root seed of every draw.
+      batch_size: images per step (default 16), a multiple of the data-axis device count.
       config: a :class:`FeatureConfig` or a preset name (default ``"cdi"``).
-      devices: the devices of the data mesh (default: all).
+      devices: the devices of the mesh (default: this process's local devices).
       progress: print progress with an ETA (excluding the compiling first batch) to stderr.
       on_batch: called with a progress dict after each batch has been saved.
       resume: continue from a matching ``<out>.partial.npz`` (False: start over, overwriting it).
+      per_device_batch: images per data-axis device; the batch is this x the data-axis length
+        (give it or ``batch_size``, not two that disagree).
+      mesh_shape: (data, model) device counts, e.g. ``(2, 4)``, one may be -1; default
+        ``(n_devices, 1)``. A model axis > 1 splits every parameter leaf of at least
+        ``shard_min_size`` elements along its largest divisible axis.
+      extra_meta: entries added to the table's sidecar (the sharded runs of
+        :mod:`jaxmia.distributed` record the shard there).
 
     Returns:
       FeatureTable with one row per image, in data order; ``meta`` holds the resolved config, seed,
@@ -194,8 +213,10 @@ def extract(
     runner.check_images(denoiser, data)
     runner.check_timesteps(denoiser, cfg.max_timestep(), source="feature config")
     with_cond = runner.uses_cond(denoiser, data)
-    placed = runner.place(denoiser, seed, batch_size, devices)
-    identity = _identity(names, columns, cfg, seed, denoiser, batch_size)
+    placed = runner.place(denoiser, seed, batch_size, devices, per_device_batch=per_device_batch,
+                          mesh_shape=mesh_shape, shard_min_size=shard_min_size)
+    batch_size = placed.batch_size
+    identity = run_identity(names, columns, cfg, seed, denoiser, batch_size)
 
     done: dict[str, np.ndarray] = {}
     partial = partial_path(out) if out is not None else None
@@ -258,9 +279,12 @@ def extract(
         "n_images": len(data.ids),
         "batch_size": int(batch_size),
         "n_devices": placed.n_devices,
+        "mesh_shape": list(placed.mesh_shape),
+        "per_device_batch": batch_size // placed.n_data,
         "devices": [str(d) for d in placed.mesh.devices.ravel()],
         "unet_evals_per_image": cost.as_dict(),
         "resumed_rows": resumed_rows,
+        "identity": identity,
         "versions": _versions(),
         "timings_s": {**{k: round(v, 4) for k, v in stages.items()},
                       "first_batch": None if first_batch_s is None else round(first_batch_s, 4)},
@@ -270,6 +294,7 @@ def extract(
             "excludes": "the first (compiling) batch",
         },
     }
+    meta.update(extra_meta or {})
     meta["timings_s"]["total_before_write"] = round(time.perf_counter() - t_start, 4)
     table = FeatureTable(np.asarray(data.ids, dtype=str), columns, values, meta)
     if out is not None:

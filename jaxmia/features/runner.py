@@ -5,8 +5,13 @@
 * Batches come from :func:`jaxmia.data.iter_batches`: fixed size, the last one padded (by repeating
   its last real row) with a mask, so nothing recompiles and padded rows never reach a result
   (style.md §4).
-* Sharding: a 1-D ``"data"`` mesh over the devices; batch inputs are split along it and the
-  denoiser (params, schedule, encoder) is replicated (design.md, "Scale").
+* Sharding: a 2-D ``("data", "model")`` mesh over this process's devices. Batch inputs are split
+  along ``"data"``; the denoiser (params, schedule, encoder) is replicated, except that with a
+  ``"model"`` axis longer than 1 every parameter leaf of at least ``shard_min_size`` elements is
+  split along its largest axis divisible by that length (for models that do not fit one device).
+  XLA inserts the collectives (design.md, "Scale"). The default mesh is ``(n_devices, 1)``: pure
+  data parallelism. Extraction, loss sweeps and DRC all place their work through :func:`place`
+  (or :func:`data_mesh` + :func:`shard_denoiser`).
 * Latent models: each image is encoded once, with the key (seed, id, "encode") (cdi-spec.md §9, Q7).
 """
 
@@ -56,41 +61,146 @@ def check_images(denoiser, data: Dataset) -> None:
         raise ValueError(f"data {data.source}: images of shape {tuple(data.images.shape[1:])} but the model takes {want}")
 
 
+DATA_AXIS, MODEL_AXIS = "data", "model"
+DEFAULT_BATCH_SIZE = 16
+# Parameter leaves smaller than this (elements) stay replicated on a "model" axis: splitting them
+# saves little memory and costs a collective each.
+DEFAULT_SHARD_MIN_SIZE = 1 << 16
+
+
 @dataclasses.dataclass(frozen=True)
 class Placement:
-    """A denoiser and a root key replicated over a 1-D data mesh."""
+    """A denoiser and a root key placed on a ``("data", "model")`` mesh."""
 
     mesh: Mesh
     denoiser: object
     root: jax.Array
     batch_sharding: NamedSharding
     replicated: NamedSharding
+    batch_size: int  # global images per step, a multiple of n_data
 
     @property
     def n_devices(self) -> int:
         return int(self.mesh.devices.size)
 
+    @property
+    def n_data(self) -> int:
+        """Devices along the data axis: the batch is split into this many equal parts."""
+        return int(self.mesh.shape[DATA_AXIS])
 
-def data_mesh(devices=None) -> Mesh:
-    """A 1-D mesh named ``"data"`` over ``devices`` (default: all of ``jax.devices()``)."""
-    devices = list(jax.devices() if devices is None else devices)
+    @property
+    def mesh_shape(self) -> tuple:
+        return (int(self.mesh.shape[DATA_AXIS]), int(self.mesh.shape[MODEL_AXIS]))
+
+
+def resolve_mesh_shape(mesh_shape, n_devices: int) -> tuple:
+    """(data, model) for ``n_devices``; None means (n_devices, 1); one entry may be -1 ("the rest")."""
+    if mesh_shape is None:
+        return (int(n_devices), 1)
+    shape = tuple(mesh_shape)
+    if len(shape) != 2 or not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in shape):
+        raise ValueError(f"mesh_shape {mesh_shape!r}: expected two ints (data, model)")
+    shape = tuple(int(v) for v in shape)
+    if shape.count(-1) > 1 or any(v == 0 or v < -1 for v in shape):
+        raise ValueError(f"mesh_shape {shape}: entries must be >= 1 (at most one -1 = the rest)")
+    if -1 in shape:
+        known = shape[0] * shape[1] * -1
+        if n_devices % known:
+            raise ValueError(f"mesh_shape {shape}: {n_devices} device(s) do not divide by {known}")
+        shape = tuple(n_devices // known if v == -1 else v for v in shape)
+    if shape[0] * shape[1] != n_devices:
+        raise ValueError(f"mesh_shape {shape}: needs {shape[0] * shape[1]} devices, this process has {n_devices}")
+    return shape
+
+
+def data_mesh(devices=None, mesh_shape=None) -> Mesh:
+    """A ``("data", "model")`` mesh over ``devices`` (default: this process's ``jax.local_devices()``).
+
+    Under ``jax.distributed`` each process runs its own share of the images on its local devices,
+    so the mesh never spans processes.
+    """
+    devices = list(jax.local_devices() if devices is None else devices)
     if not devices:
         raise ValueError("no devices to run on")
-    return Mesh(np.array(devices), ("data",))
+    shape = resolve_mesh_shape(mesh_shape, len(devices))
+    return Mesh(np.array(devices).reshape(shape), (DATA_AXIS, MODEL_AXIS))
 
 
-def place(denoiser, seed: int, batch_size: int, devices=None) -> Placement:
-    mesh = data_mesh(devices)
-    n = int(mesh.devices.size)
-    if int(batch_size) < 1 or int(batch_size) % n:
-        raise ValueError(f"batch_size {batch_size}: must be a positive multiple of the device count ({n})")
+def leaf_sharding(shape, mesh: Mesh, shard_min_size: int = DEFAULT_SHARD_MIN_SIZE) -> NamedSharding:
+    """Where one parameter leaf lives: split along its largest axis divisible by the model axis.
+
+    Replicated when the model axis has length 1, the leaf has fewer than ``shard_min_size``
+    elements, or no axis divides (ties between equal axes go to the first).
+    """
+    m = int(mesh.shape[MODEL_AXIS])
+    shape = tuple(int(d) for d in shape)
+    divisible = [a for a, d in enumerate(shape) if d % m == 0]
+    if m == 1 or not divisible or int(np.prod(shape, dtype=np.int64)) < int(shard_min_size):
+        return NamedSharding(mesh, PartitionSpec())
+    axis = max(divisible, key=lambda a: (shape[a], -a))
+    return NamedSharding(mesh, PartitionSpec(*[MODEL_AXIS if a == axis else None for a in range(len(shape))]))
+
+
+def shard_denoiser(denoiser, mesh: Mesh, *, shard_min_size: int = DEFAULT_SHARD_MIN_SIZE):
+    """The denoiser on ``mesh``: schedule replicated, params (and encoder params) per :func:`leaf_sharding`."""
+    replicated = NamedSharding(mesh, PartitionSpec())
+
+    def put(tree):
+        if tree is None:
+            return None
+        shardings = jax.tree_util.tree_map(lambda leaf: leaf_sharding(np.shape(leaf), mesh, shard_min_size), tree)
+        return jax.device_put(tree, shardings)
+
+    return denoiser.replace(
+        params=put(denoiser.params),
+        encoder_params=put(denoiser.encoder_params),
+        schedule=jax.device_put(denoiser.schedule, replicated),
+    )
+
+
+def resolve_batch_size(batch_size, per_device_batch, n_data: int, *, round_up: bool = False) -> int:
+    """The global batch: ``per_device_batch`` x data-axis devices, or ``batch_size`` (default 16).
+
+    ``round_up``: a ``batch_size`` that is not a multiple of ``n_data`` is rounded up (DRC's
+    convention) instead of refused.
+    """
+    if per_device_batch is not None:
+        if isinstance(per_device_batch, bool) or int(per_device_batch) != per_device_batch or per_device_batch < 1:
+            raise ValueError(f"per_device_batch {per_device_batch!r}: must be an int >= 1")
+        derived = int(per_device_batch) * int(n_data)
+        if batch_size is not None and int(batch_size) != derived:
+            raise ValueError(f"batch_size {batch_size} and per_device_batch {per_device_batch} disagree on {n_data} "
+                             f"data-parallel device(s) ({per_device_batch} x {n_data} = {derived}); give one of them")
+        return derived
+    size = DEFAULT_BATCH_SIZE if batch_size is None else batch_size
+    if isinstance(size, bool) or int(size) != size or int(size) < 1:
+        raise ValueError(f"batch_size {size!r}: must be an int >= 1")
+    size = int(size)
+    if size % n_data:
+        if round_up:
+            return n_data * -(-size // n_data)
+        raise ValueError(f"batch_size {size}: must be a positive multiple of the device count along the data "
+                         f"axis ({n_data})")
+    return size
+
+
+def place(denoiser, seed: int, batch_size=None, devices=None, *, per_device_batch=None, mesh_shape=None,
+          shard_min_size: int = DEFAULT_SHARD_MIN_SIZE, round_up: bool = False) -> Placement:
+    """The denoiser and root key on a fresh mesh, with the global batch size resolved.
+
+    The batch is ``per_device_batch`` x the data-axis length, or ``batch_size`` (default 16), which
+    must split evenly over the data axis (``round_up``: rounded up instead).
+    """
+    mesh = data_mesh(devices, mesh_shape)
+    size = resolve_batch_size(batch_size, per_device_batch, int(mesh.shape[DATA_AXIS]), round_up=round_up)
     replicated = NamedSharding(mesh, PartitionSpec())
     return Placement(
         mesh=mesh,
-        denoiser=jax.device_put(denoiser, replicated),
+        denoiser=shard_denoiser(denoiser, mesh, shard_min_size=shard_min_size),
         root=jax.device_put(rng.root_key(int(seed)), replicated),
-        batch_sharding=NamedSharding(mesh, PartitionSpec("data")),
+        batch_sharding=NamedSharding(mesh, PartitionSpec(DATA_AXIS)),
         replicated=replicated,
+        batch_size=size,
     )
 
 

@@ -76,11 +76,14 @@ def loss_sweep(
     timesteps: Sequence[int],
     n_draws: int = 1,
     seed: int = 0,
-    batch_size: int = 16,
+    batch_size: int | None = None,
     *,
     norm: str = "l2",
     purpose: str = "sweep",
     devices=None,
+    per_device_batch: int | None = None,
+    mesh_shape: tuple | None = None,
+    shard_min_size: int | None = None,
 ) -> np.ndarray:
     """The denoising loss of many images on a grid of timesteps x noise draws.
 
@@ -89,8 +92,11 @@ def loss_sweep(
       data: a ``Dataset`` (ids, images, cond) or an (N, H, W, C) array (ids "0".."N-1").
       timesteps: the grid of integer timesteps. n_draws: noise draws per image, shared over t.
       seed: root seed; draws depend only on (seed, image id, purpose, draw index).
-      batch_size: images per jitted step (a multiple of the device count; the last batch is padded).
+      batch_size: images per jitted step (default 16; a multiple of the data-axis device count; the
+        last batch is padded).
       norm: ``l2`` or ``squared_l2``.
+      devices, per_device_batch, mesh_shape, shard_min_size: the device mesh, as in
+        :func:`jaxmia.features.extract`.
 
     Returns:
       float64 array (images, timesteps, draws), rows in the order of ``data``.
@@ -107,7 +113,9 @@ def loss_sweep(
     runner.check_images(denoiser, data)
     runner.check_timesteps(denoiser, max(ts), source="loss_sweep timesteps")
     with_cond = runner.uses_cond(denoiser, data)
-    placed = runner.place(denoiser, seed, batch_size, devices)
+    placed = runner.place(denoiser, seed, batch_size, devices, per_device_batch=per_device_batch, mesh_shape=mesh_shape,
+                          shard_min_size=runner.DEFAULT_SHARD_MIN_SIZE if shard_min_size is None else shard_min_size)
+    batch_size = placed.batch_size
     jit_sweep = _sweep_program(ts, int(n_draws), norm, purpose, with_cond)
     out = np.zeros((len(data.ids), len(ts), int(n_draws)), np.float64)
     for k, batch in enumerate(runner.batches(data, data.ids, batch_size)):
