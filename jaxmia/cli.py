@@ -93,7 +93,8 @@ def _int_list(text: str, option: str) -> tuple:
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="Feature table to write (.npz + .json).")
 @click.option("--seed", default=0, show_default=True, type=int, help="Root seed of every noise draw.")
 @click.option("--batch-size", default=None, type=int, help="Images per compiled step [16].")
-@click.option("--per-device-batch", default=None, type=int, help="Images per data-axis device (instead of --batch-size).")
+@click.option("--per-device-batch", default=None, type=int,
+              help="Images per data-axis device (instead of --batch-size).")
 @click.option("--mesh", "mesh", default=None, metavar="DATA,MODEL",
               help="Device mesh, e.g. 4,2: a model axis > 1 splits large parameters [N,1].")
 @click.option("--preset", default="cdi", show_default=True,
@@ -104,7 +105,8 @@ def _int_list(text: str, option: str) -> tuple:
               help="Join a jax.distributed run [$JAX_COORDINATOR_ADDRESS]; process 0 merges the shards.")
 @click.option("--num-processes", default=None, type=int, help="P processes share the ids [$JAX_NUM_PROCESSES].")
 @click.option("--process-id", default=None, type=int, help="This process's k in 0..P-1 [$JAX_PROCESS_ID].")
-@click.option("--distributed", is_flag=True, help="Join a jax.distributed run detected from TPU pod / SLURM / Open MPI.")
+@click.option("--distributed", is_flag=True,
+              help="Join a jax.distributed run detected from TPU pod / SLURM / Open MPI.")
 def features_command(model, data, features, out, seed, batch_size, per_device_batch, mesh, preset, overrides,
                      coordinator, num_processes, process_id, distributed):
     """Extract per-image features of DATA under MODEL into a feature table (resumable, shardable)."""

@@ -39,6 +39,9 @@ import numpy as np
 
 from jaxmia.table import FeatureTable, load_table, save_table
 
+# jaxmia.features is imported inside the functions that need it: initialize() must run before any
+# JAX computation, so this module imports nothing that could create an array at import time.
+
 ENV_COORDINATOR = "JAX_COORDINATOR_ADDRESS"
 ENV_NUM_PROCESSES = "JAX_NUM_PROCESSES"
 ENV_PROCESS_ID = "JAX_PROCESS_ID"
@@ -122,15 +125,16 @@ def initialize(coordinator: Optional[str] = None, num_processes: Optional[int] =
     except (ValueError, TypeError, RuntimeError) as err:
         raise ValueError(
             f"jax.distributed.initialize(coordinator={coordinator!r}, num_processes={num_processes}, "
-            f"process_id={process_id}) failed: {str(err).rstrip('.')}. Give --coordinator HOST:PORT, --num-processes and "
-            f"--process-id (or {ENV_COORDINATOR}, {ENV_NUM_PROCESSES}, {ENV_PROCESS_ID}), or run under a TPU pod, "
-            "SLURM or Open MPI, where JAX detects them"
+            f"process_id={process_id}) failed: {str(err).rstrip('.')}. Give --coordinator HOST:PORT, "
+            f"--num-processes and --process-id (or {ENV_COORDINATOR}, {ENV_NUM_PROCESSES}, {ENV_PROCESS_ID}), "
+            "or run under a TPU pod, SLURM or Open MPI, where JAX detects them"
         ) from err
     return ProcessLayout(jax.process_index(), jax.process_count(), True)
 
 
 def process_layout(coordinator: Optional[str] = None, num_processes: Optional[int] = None,
-                   process_id: Optional[int] = None, *, distributed: bool = False, **initialize_kwargs) -> ProcessLayout:
+                   process_id: Optional[int] = None, *, distributed: bool = False,
+                   **initialize_kwargs) -> ProcessLayout:
     """The layout the CLI asks for: coordinated, independent shares, or a single process.
 
     * a coordinator (argument or ``$JAX_COORDINATOR_ADDRESS``) or ``distributed=True``

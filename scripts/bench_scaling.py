@@ -82,7 +82,8 @@ def worker(args) -> None:
                           per_device_batch=args.per_device_batch, progress=False)
     print(json.dumps({
         "process": layout.process_id, "timed_s": time.perf_counter() - start,
-        "compile_s": warm.meta["timings_s"]["first_batch"], "first_timed_batch_s": run.table.meta["timings_s"]["first_batch"],
+        "compile_s": warm.meta["timings_s"]["first_batch"],
+        "first_timed_batch_s": run.table.meta["timings_s"]["first_batch"],
         "images": len(run.table.ids), "batch_size": run.table.meta["batch_size"],
     }), flush=True)
 

@@ -63,7 +63,7 @@ def main(argv):
             out = args.out.replace(".npz", f"-{mesh[0]}x{mesh[1]}.npz")
             table = extract(tiny_denoiser(), data, FEATURES, out=out, seed=SEED, progress=False,
                             per_device_batch=args.per_device_batch, mesh_shape=mesh, shard_min_size=args.shard_min_size)
-            print(f"extract: {len(table.ids)} rows on {table.meta['n_devices']} devices, mesh {table.meta['mesh_shape']}")
+            print(f"extract: {len(table.ids)} rows, mesh {table.meta['mesh_shape']}")
         return
 
     def on_batch(info):
