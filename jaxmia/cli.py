@@ -46,14 +46,16 @@ def _float_list(text: str, option: str) -> tuple:
 @click.argument("data")
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Output folder.")
 @click.option("--seed", default=0, show_default=True, type=int, help="Root seed of masks and noise.")
-@click.option("--batch-size", default=8, show_default=True, type=int, help="Images per compiled call.")
+@click.option("--batch-size", default=None, type=int, help="Images per step (progress unit; values do not depend on it).")
+@click.option("--per-device-batch", default=None, type=int,
+              help="Images each device restores per call: the compiled shape [8].")
 @click.option("--steps", type=int, default=None, help="Sampling steps K per restoration [50].")
 @click.option("--strength", type=float, default=None, help="Start at t = round(s*T) - 1, s in (0, 1] [0.5].")
 @click.option("--eta", type=float, default=None, help="0 = DDIM, 1 = DDPM ancestral [0].")
 @click.option("--ratios", default=None, help="Hole ratios, comma-separated [0.1,0.2,0.3,0.4,0.5].")
 @click.option("--kinds", default=None, help="Mask kinds: center, rect, patches [center,patches].")
 @click.option("--evidence", default=4, show_default=True, type=int, help="Images with evidence PNGs.")
-def drc_command(model, data, out_dir, seed, batch_size, steps, strength, eta, ratios, kinds, evidence):
+def drc_command(model, data, out_dir, seed, batch_size, per_device_batch, steps, strength, eta, ratios, kinds, evidence):
     """DRC-style membership scores: degrade MODEL's view of DATA, restore, compare.
 
     Writes OUT/drc_scores.npz (one column per metric and task) and evidence PNGs.
@@ -67,7 +69,8 @@ def drc_command(model, data, out_dir, seed, batch_size, steps, strength, eta, ra
     cfg = DRCConfig.from_dict({k: v for k, v in overrides.items() if v is not None})
     denoiser = load_denoiser(model)
     dataset = load_dataset(data, image_shape=denoiser.input_shape)
-    result = run_drc(denoiser, dataset, cfg, out_dir, batch_size=batch_size, seed=seed, evidence=evidence)
+    result = run_drc(denoiser, dataset, cfg, out_dir, batch_size=batch_size, per_device_batch=per_device_batch,
+                     seed=seed, evidence=evidence)
     click.echo(f"DRC-style (jaxmia recipe): {result['n_images']} images, {len(result['columns'])} columns, "
                f"{result['network_calls_per_image']} network calls per image, {result['seconds']:.1f}s")
     click.echo(f"scores: {result['table']}")
@@ -92,9 +95,10 @@ def _int_list(text: str, option: str) -> tuple:
               help="Comma-separated signals: cdi, loss, secmi, pia, pian, multi_loss, grad_mask, noise_opt.")
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="Feature table to write (.npz + .json).")
 @click.option("--seed", default=0, show_default=True, type=int, help="Root seed of every noise draw.")
-@click.option("--batch-size", default=None, type=int, help="Images per compiled step [16].")
+@click.option("--batch-size", default=None, type=int,
+              help="Images per step: progress and resumable saves (values do not depend on it) [one chunk].")
 @click.option("--per-device-batch", default=None, type=int,
-              help="Images per data-axis device (instead of --batch-size).")
+              help="Images each data-axis device computes per call: the compiled shape, part of the run's identity [16].")
 @click.option("--mesh", "mesh", default=None, metavar="DATA,MODEL",
               help="Device mesh, e.g. 4,2: a model axis > 1 splits large parameters [N,1].")
 @click.option("--preset", default="cdi", show_default=True,

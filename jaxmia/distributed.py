@@ -37,6 +37,7 @@ from typing import Optional, Sequence
 import jax
 import numpy as np
 
+from jaxmia.features.config import flatten_nested
 from jaxmia.table import FeatureTable, load_table, save_table
 
 # jaxmia.features is imported inside the functions that need it: initialize() must run before any
@@ -215,18 +216,8 @@ class ShardedRun:
     merged_table: Optional[FeatureTable]
 
 
-def _flatten(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(_flatten(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
-
-
 def _differences(a: dict, b: dict, a_name: str, b_name: str) -> list[str]:
-    fa, fb = _flatten(a), _flatten(b)
+    fa, fb = flatten_nested(a), flatten_nested(b)
     return [f"{k}: {fa.get(k, '<absent>')!r} in {a_name} vs {fb.get(k, '<absent>')!r} in {b_name}"
             for k in sorted(set(fa) | set(fb)) if fa.get(k) != fb.get(k)]
 
@@ -242,8 +233,8 @@ def _expected_identity(denoiser, features, config, seed, batch_size, per_device_
     names = parse_features(features)
     n_devices = len(jax.local_devices() if devices is None else list(devices))
     n_data = runner.resolve_mesh_shape(mesh_shape, n_devices)[0]
-    size = runner.resolve_batch_size(batch_size, per_device_batch, n_data)
-    return run_identity(names, plan_columns(names, cfg), cfg, seed, denoiser, size)
+    pdb, step = runner.resolve_batching(batch_size, per_device_batch, n_data)
+    return run_identity(names, plan_columns(names, cfg), cfg, seed, denoiser, step, pdb)
 
 
 def _reusable_shard(path: Path, identity: dict, info: dict) -> Optional[FeatureTable]:

@@ -29,7 +29,12 @@ class Progress:
         return self
 
     def __exit__(self, *exc):
-        if self.enabled and exc[0] is None:
+        if exc[0] is None:
+            self.finish()
+
+    def finish(self) -> None:
+        """Prints the final line (with the total time)."""
+        if self.enabled:
             self._print(final=True)
 
     def update(self, n: int) -> None:
@@ -51,6 +56,12 @@ class Progress:
         elapsed = time.perf_counter() - self.steady_start
         n = self.done - self.steady_done
         return n / elapsed if elapsed > 0 and n > 0 else 0.0
+
+    @property
+    def eta(self):
+        """Seconds left at the steady rate (None until it is known)."""
+        rate = self.rate
+        return max(self.total - self.done, 0) / rate if rate > 0 else None
 
     def summary(self) -> dict:
         return {

@@ -1,7 +1,6 @@
 """The audit end to end on a tiny model, its config system, and the CLI's refusals."""
 
 import json
-import re
 
 import jax
 import numpy as np
@@ -9,7 +8,6 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from jaxmia import schedule as sched
 from jaxmia.audit import load_config, parse_set, run_audit
 from jaxmia.audit.demo import DEMO_CONFIG, DEMO_SECTIONS
 from jaxmia.cli import main

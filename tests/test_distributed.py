@@ -134,8 +134,13 @@ def test_model_axis_splits_large_leaves_along_their_largest_divisible_axis():
     with pytest.raises(ValueError, match=r"mesh_shape \(2, 2\): needs 4 devices, this process has 2"):
         F.data_mesh(TWO, (2, 2))
     assert F.data_mesh(TWO, (-1, 2)).shape == {"data": 1, "model": 2}
-    with pytest.raises(ValueError, match="batch_size 8 and per_device_batch 2 disagree"):
-        F.extract(tiny_denoiser(), tiny_dataset(2), "loss", batch_size=8, per_device_batch=2, devices=TWO)
+    # A step of 5 rows runs as chunks of 2 x 2 devices (the last one padded); only the chunk is compiled.
+    stepped = F.extract(tiny_denoiser(), tiny_dataset(7), "loss", batch_size=5, per_device_batch=2, devices=TWO,
+                        progress=False)
+    assert (stepped.meta["batch_size"], stepped.meta["per_device_batch"]) == (5, 2)
+    np.testing.assert_array_equal(
+        stepped.values, F.extract(tiny_denoiser(), tiny_dataset(7), "loss", per_device_batch=2, devices=TWO,
+                                  progress=False).values)
 
 
 def test_loss_sweep_and_drc_run_on_the_same_mesh_with_the_same_results():

@@ -43,12 +43,14 @@ def data():
 
 @pytest.fixture(scope="module")
 def runs(den, data):
-    """The cdi table at batch sizes 1 and 7 on one device, and 64 on two devices."""
+    """The cdi table at batch sizes 1 and 7 on one device, 64 on two devices (default per-device
+    batch), and with another compiled shape (per_device_batch=3)."""
     kw = dict(seed=SEED, progress=False)
     return {
         (1, 1): F.extract(den, data, "cdi", batch_size=1, devices=ONE, **kw),
         (7, 1): F.extract(den, data, "cdi", batch_size=7, devices=ONE, **kw),
         (64, 2): F.extract(den, data, "cdi", batch_size=64, devices=TWO, **kw),
+        "pdb3": F.extract(den, data, "cdi", batch_size=7, per_device_batch=3, devices=ONE, **kw),
     }
 
 
@@ -61,12 +63,19 @@ def test_cdi_vector_order_and_values_are_finite(runs):
 
 
 def test_same_features_for_batch_sizes_1_7_64_and_1_or_2_devices(runs):
+    # The per-device program is the same compiled shape in all three: bit-identical, not just close.
     base = runs[(7, 1)]
-    assert runs[(64, 2)].meta["n_devices"] == 2
+    assert runs[(64, 2)].meta["n_devices"] == 2 and runs[(64, 2)].meta["per_device_batch"] == 16
     for key in ((1, 1), (64, 2)):
         other = runs[key]
         assert other.ids.tolist() == base.ids.tolist()
-        np.testing.assert_allclose(other.values, base.values, rtol=1e-5, atol=1e-5, err_msg=str(key))
+        np.testing.assert_array_equal(other.values, base.values, err_msg=str(key))
+
+
+def test_another_per_device_batch_changes_only_rounding(runs):
+    other = runs["pdb3"]
+    assert other.meta["per_device_batch"] == 3 and other.meta["identity"]["per_device_batch"] == 3
+    np.testing.assert_allclose(other.values, runs[(7, 1)].values, rtol=1e-5, atol=1e-5)
 
 
 def test_noise_opt_decreases_the_objective(den, data, runs):
@@ -214,8 +223,10 @@ def test_latent_model_encodes_once_per_id_with_its_key():
 
 
 def test_input_errors_name_the_culprit(den, data):
-    with pytest.raises(ValueError, match="multiple of the device count"):
-        F.extract(den, data, "loss", batch_size=3, progress=False, devices=TWO)
+    with pytest.raises(ValueError, match="batch_size 0: must be an int >= 1"):
+        F.extract(den, data, "loss", batch_size=0, progress=False, devices=TWO)
+    with pytest.raises(ValueError, match="per_device_batch 2.5: must be an int >= 1"):
+        F.extract(den, data, "loss", per_device_batch=2.5, progress=False, devices=TWO)
     with pytest.raises(ValueError, match=r"images of shape \(4, 4, 1\)"):
         F.extract(den, np.zeros((2, 4, 4, 1), np.float32), "loss", progress=False, devices=ONE)
     with pytest.raises(ValueError, match="timestep 1000 is outside"):

@@ -100,5 +100,5 @@ def test_loss_sweep_refuses_bad_input():
         F.loss_sweep(den, data, (0, 1000), devices=ONE)
     with pytest.raises(ValueError, match="unknown norm 'l1'"):
         F.loss_sweep(den, data, (0,), norm="l1", devices=ONE)
-    with pytest.raises(ValueError, match="multiple of the device count"):
-        F.loss_sweep(den, data, (0,), batch_size=3, devices=TWO)
+    with pytest.raises(ValueError, match="per_device_batch -1: must be an int >= 1"):
+        F.loss_sweep(den, data, (0,), per_device_batch=-1, devices=TWO)

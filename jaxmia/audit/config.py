@@ -37,7 +37,9 @@ class AuditSettings:
       features: feature names for the scoring model (``cdi`` = the 26-d vector).
       n: images per side (P and U); None uses all, paired down to the smaller set.
       seed: root seed of every draw (features, sampling of n, tests).
-      batch_size: images per compiled step (a multiple of the device count).
+      batch_size: images per step: the unit of progress and of the resumable partial saves.
+      per_device_batch: images each device computes per call (None: jaxmia's default, 16): the
+        compiled shape, which fixes the features' float rounding; larger is faster on a GPU/TPU.
       null_splits: innocent splits of U for the empirical false-positive rate (0 disables).
       null_test: the test run on those splits (the cheap, calibrated ``split`` test by default).
       mia_attacks: single-image attack columns evaluated for context (lower = member).
@@ -49,6 +51,7 @@ class AuditSettings:
     n: Optional[int] = None
     seed: int = 0
     batch_size: int = 32
+    per_device_batch: Optional[int] = None
     null_splits: int = 200
     null_test: str = "split"
     mia_attacks: tuple = ("dl", "secmi", "pia", "pian")
@@ -59,8 +62,10 @@ class AuditSettings:
     def __post_init__(self):
         if self.n is not None and self.n < 5:
             raise ValueError(f"audit.n={self.n}: need at least 5 images per side (5 folds)")
-        if self.batch_size < 1 or self.null_splits < 0 or self.drc_images < 0:
-            raise ValueError("audit.batch_size must be >= 1; audit.null_splits and audit.drc_images >= 0")
+        if self.batch_size < 1 or (self.per_device_batch is not None and self.per_device_batch < 1):
+            raise ValueError("audit.batch_size and audit.per_device_batch must be >= 1")
+        if self.null_splits < 0 or self.drc_images < 0:
+            raise ValueError("audit.null_splits and audit.drc_images must be >= 0")
 
 
 @dataclass(frozen=True)

@@ -30,7 +30,7 @@ def demo_config(path=None, overrides=None) -> AuditConfig:
 
 # Mirrors configs/experiments/demo.toml (a test keeps the two equal) for installs without the repo.
 DEMO_SECTIONS = {
-    "audit": {"features": "cdi", "n": 100, "seed": 0, "batch_size": 50, "null_splits": 200, "drc_images": 3},
+    "audit": {"features": "cdi", "n": 100, "seed": 0, "batch_size": 64, "null_splits": 200, "drc_images": 3},
     "features": {"preset": "cdi"},
     "cdi": {"test": "permutation", "permutations": 1000, "alpha": 0.01, "curve_reps": 200},
     "drc": {"kinds": ["center", "patches"], "ratios": [0.25], "steps": 20, "strength": 0.5},

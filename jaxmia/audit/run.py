@@ -68,7 +68,7 @@ def side_features(denoiser, dataset, cfg: AuditConfig, cache_dir: Path, *, quiet
     from jaxmia.features import extract
 
     key = {"ids": _ids_digest(dataset.ids), "features": cfg.audit.features, "config": cfg.features.to_dict(),
-           "seed": cfg.audit.seed, "model": denoiser.digest}
+           "seed": cfg.audit.seed, "model": denoiser.digest, "per_device_batch": cfg.audit.per_device_batch}
     name = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
     path = cache_dir / f"features-{name}.npz"
     if path.exists():
@@ -77,7 +77,8 @@ def side_features(denoiser, dataset, cfg: AuditConfig, cache_dir: Path, *, quiet
             _say(f"reusing features of {len(dataset)} images from {path}", quiet)
             return table
     return extract(denoiser, dataset, cfg.audit.features, out=path, seed=cfg.audit.seed,
-                   batch_size=cfg.audit.batch_size, config=cfg.features, progress=not quiet)
+                   batch_size=cfg.audit.batch_size, per_device_batch=cfg.audit.per_device_batch,
+                   config=cfg.features, progress=not quiet)
 
 
 def _mia_context(p_table: FeatureTable, u_table: FeatureTable, attacks) -> dict:
@@ -208,7 +209,7 @@ def _drc_evidence(denoiser, p_set, u_set, cfg: AuditConfig, out: Path, quiet: bo
     u_few = u_set.take(min(k, len(u_set)), seed=cfg.audit.seed + 3)
     result = {}
     for side, ds in (("published", p_few), ("unpublished", u_few)):
-        r = run_drc(denoiser, ds, cfg.drc, out / side, batch_size=max(1, min(k, 8)), seed=cfg.audit.seed,
+        r = run_drc(denoiser, ds, cfg.drc, out / side, per_device_batch=max(1, min(k, 8)), seed=cfg.audit.seed,
                     progress=not quiet, evidence=len(ds))
         table = load_table(r["table"])
         metric = [c for c in table.names if c.startswith(f"drc_{cfg.drc.score_metric}_")]

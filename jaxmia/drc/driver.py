@@ -1,8 +1,8 @@
 """The DRC driver: score a dataset, write the feature table and the evidence images.
 
-One compiled call per batch (``jit_drc_batch``: every image × every task, the whole sampling scan
-inside), data-parallel over the local devices on the same ``("data", "model")`` mesh as feature
-extraction (:func:`jaxmia.features.runner.place`; a model axis > 1 splits large parameter leaves).
+One compiled program (``drc_batch``: every image × every task, the whole sampling scan inside,
+run by each data-axis device on ``per_device_batch`` rows), data-parallel over the local devices
+on the same ``("data", "model")`` mesh as feature extraction (:func:`jaxmia.features.runner.place`; a model axis > 1 splits large parameter leaves).
 Results do not depend on the batch size or the device count: all randomness is keyed by (seed,
 image id, task name).
 """
@@ -31,18 +31,24 @@ from jaxmia.progress import Progress
 from jaxmia.table import FeatureTable, save_table
 
 METHOD_LABEL = "DRC-style (jaxmia recipe)"
+# Each image carries R tasks through the whole sampling scan, so the network already sees 8 × R
+# inputs per call at this size.
+DEFAULT_PER_DEVICE_BATCH = 8
 TABLE_NAME = "drc_scores.npz"
 
 
-# Static: cfg (hashable frozen dataclass) and with_images (whether restorations leave the device).
-@functools.partial(jax.jit, static_argnames=("cfg", "with_images"))
-def jit_drc_batch(denoiser, images, cond, id_hash, user_mask, root, *, cfg: DRCConfig, with_images: bool):
+def drc_batch(denoiser, images, cond, id_hash, user_mask, root, *, cfg: DRCConfig, with_images: bool):
     """:func:`~jaxmia.drc.features.drc_one` vmapped over a batch; restorations only if asked."""
     per_example = functools.partial(drc_one, cfg=cfg)
     out = jax.vmap(per_example, in_axes=(None, 0, 0, 0, None, 0))(denoiser, images, cond, id_hash, root, user_mask)
     if not with_images:
         out = {k: v for k, v in out.items() if k not in ("restored", "masks")}
     return out
+
+
+# One device, no mesh. Static: cfg (hashable frozen dataclass) and with_images (whether restorations
+# leave the device).
+jit_drc_batch = jax.jit(drc_batch, static_argnames=("cfg", "with_images"))
 
 
 def _check_inputs(denoiser, dataset: Dataset, cfg: DRCConfig, holes, embed_fn) -> None:
@@ -64,14 +70,20 @@ def _check_inputs(denoiser, dataset: Dataset, cfg: DRCConfig, holes, embed_fn) -
         raise ValueError(f"{dataset.source or 'dataset'}: no images")
 
 
+@functools.lru_cache(maxsize=16)
+def _per_device_drc(mesh, cfg: DRCConfig, with_images: bool, with_cond: bool, with_user_mask: bool):
+    """``drc_batch`` run by every data-axis device on its own rows (``runner.per_device_jit``)."""
+    fn = functools.partial(drc_batch, cfg=cfg, with_images=with_images)
+    return mesh_runner.per_device_jit(fn, mesh, batched=(False, True, with_cond, True, with_user_mask, False))
+
+
 class _Runner:
-    """Runs jit_drc_batch over rows of a dataset, sharded over the mesh's data axis."""
+    """Runs drc_batch over rows of a dataset: chunks of per_device_batch rows per data-axis device."""
 
     def __init__(self, denoiser, dataset, cfg, seed, masks_by_row, batch_size, devices, per_device_batch, mesh_shape,
                  shard_min_size):
-        # The batch size is rounded up to whole rows per data-axis device (recorded in the sidecar).
         self.placed = mesh_runner.place(denoiser, seed, batch_size, devices, per_device_batch=per_device_batch,
-                                   mesh_shape=mesh_shape, shard_min_size=shard_min_size, round_up=True)
+                                        mesh_shape=mesh_shape, shard_min_size=shard_min_size)
         self.dataset, self.cfg, self.root = dataset, cfg, self.placed.root
         self.masks_by_row = masks_by_row
         self.batch_size = self.placed.batch_size
@@ -84,17 +96,19 @@ class _Runner:
 
     def batches(self, ids=None, *, with_images: bool = False):
         """Yields (ids of the real rows, their images, host dict of their outputs)."""
+        program = _per_device_drc(self.placed.mesh, self.cfg, with_images, self.use_cond, self.masks_by_row is not None)
         for batch in iter_batches(self.dataset, self.batch_size, ids=ids):
             real = [i for i, keep in zip(batch.ids, batch.mask) if keep]
-            rows = [self.row_of[i] for i in real]
-            rows += [rows[-1]] * (self.batch_size - len(rows))  # iter_batches pads with the last real row
-            user_mask = None if self.masks_by_row is None else self.masks_by_row[rows]
-            out = jit_drc_batch(
-                self.denoiser, self._shard(batch.x), self._shard(batch.cond if self.use_cond else None),
-                self._shard(batch.id_hash), self._shard(user_mask), self.root, cfg=self.cfg,
-                with_images=with_images,
-            )
-            out = jax.tree_util.tree_map(lambda v: np.asarray(v)[: len(real)], out)
+            outs = []
+            for sub in mesh_runner.chunks(batch, self.placed.chunk):
+                rows = [self.row_of[i] for i, keep in zip(sub.ids, sub.mask) if keep]
+                rows += [rows[-1]] * (len(sub.ids) - len(rows))  # padding repeats the last real row
+                user_mask = None if self.masks_by_row is None else self.masks_by_row[rows]
+                outs.append((sub.mask, program(
+                    self.denoiser, self._shard(sub.x), self._shard(sub.cond if self.use_cond else None),
+                    self._shard(sub.id_hash), self._shard(user_mask), self.root)))
+            out = jax.tree_util.tree_map(lambda *vs: np.concatenate([np.asarray(v)[m] for (m, _), v in zip(outs, vs)]),
+                                         *[o for _, o in outs])
             yield real, batch.x[: len(real)], out
 
 
@@ -104,7 +118,7 @@ def run_drc(
     cfg: DRCConfig,
     out_dir,
     *,
-    batch_size: int = 8,
+    batch_size: Optional[int] = None,
     seed: int = 0,
     progress: bool = True,
     evidence: int = 4,
@@ -133,11 +147,13 @@ def run_drc(
         (top, left, height, width), in dataset order, or one shared (H, W) / (4,).
       embed_fn: for the ``cos`` metric: ``embed_fn(images (n, H, W, C) in [−1, 1]) -> (n, D)``,
         called on the host with NumPy arrays (any framework); scored by cosine similarity.
-      batch_size: images per compiled call; the network sees batch_size × R inputs per step
-        (all tasks of all images run together).
-      devices: devices to shard the batch over (default: all local devices). The batch size is
-        rounded up to a multiple of the data-axis length (recorded in the sidecar).
-      per_device_batch: images per data-axis device (instead of ``batch_size``).
+      batch_size: images per step, the unit of progress (default: one chunk, ``per_device_batch``
+        x data-axis devices); it does not change the values.
+      devices: devices to shard the batch over (default: all local devices).
+      per_device_batch: images each data-axis device restores per call (default
+        :data:`DEFAULT_PER_DEVICE_BATCH`); the network sees per_device_batch × R inputs per call
+        (all tasks of all images run together). The compiled shape: results are bit-identical for
+        any batch size and device count at a fixed per_device_batch.
       mesh_shape: (data, model), as in :func:`jaxmia.features.extract`; default (n_devices, 1).
       shard_min_size: with a model axis > 1, parameter leaves of at least this many elements are
         split over it (default :data:`jaxmia.features.runner.DEFAULT_SHARD_MIN_SIZE`).
@@ -148,8 +164,6 @@ def run_drc(
       ``seconds``.
     """
     _check_inputs(denoiser, dataset, cfg, holes, embed_fn)
-    if per_device_batch is None and batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     if evidence < 0:
         raise ValueError(f"evidence must be >= 0, got {evidence}")
     start = time.perf_counter()
@@ -161,8 +175,8 @@ def run_drc(
     masks_by_row = None if holes is None else user_masks(holes, dataset.ids, height, width)
     devices = list(jax.local_devices() if devices is None else devices)
     min_size = mesh_runner.DEFAULT_SHARD_MIN_SIZE if shard_min_size is None else shard_min_size
-    runner = _Runner(denoiser, dataset, cfg, seed, masks_by_row, None if per_device_batch else batch_size, devices,
-                     per_device_batch, mesh_shape, min_size)
+    runner = _Runner(denoiser, dataset, cfg, seed, masks_by_row, batch_size, devices,
+                     DEFAULT_PER_DEVICE_BATCH if per_device_batch is None else per_device_batch, mesh_shape, min_size)
 
     ids, columns, fractions = [], {m: [] for m in cfg.metrics}, []
     with Progress("drc", total=len(dataset), enabled=progress) as bar:
@@ -229,6 +243,7 @@ def _meta(denoiser, dataset, cfg, seed, runner, devices, plan, task_list, fracti
         "data_source": dataset.source,
         "n_images": int(fractions.shape[0]),
         "batch_size": runner.batch_size,
+        "per_device_batch": runner.placed.per_device_batch,
         "n_devices": len(devices),
         "mesh_shape": list(runner.placed.mesh_shape),
         "versions": {"jaxmia": jaxmia.__version__, "jax": jax.__version__},

@@ -214,3 +214,14 @@ def config_diff(a: Mapping[str, Any], b: Mapping[str, Any]) -> list[str]:
     """Human-readable differences ``key: a -> b`` between two JSON-like config dicts."""
     keys = sorted(set(a) | set(b))
     return [f"{k}: {a.get(k, '<absent>')!r} -> {b.get(k, '<absent>')!r}" for k in keys if a.get(k) != b.get(k)]
+
+
+def flatten_nested(d: Mapping[str, Any], prefix: str = "") -> dict:
+    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}``: nested JSON-like dicts as dotted keys (for diffs)."""
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, Mapping):
+            out.update(flatten_nested(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out

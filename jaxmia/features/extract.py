@@ -18,7 +18,6 @@ from __future__ import annotations
 import functools
 import json
 import os
-import sys
 import time
 from pathlib import Path
 from typing import Callable, Iterable, Optional
@@ -27,20 +26,22 @@ import jax
 import numpy as np
 
 from jaxmia import rng
+from jaxmia.progress import Progress
 from jaxmia.features import runner
-from jaxmia.features.config import FeatureConfig, config_diff, make_config
+from jaxmia.features.config import FeatureConfig, config_diff, flatten_nested, make_config
 from jaxmia.features.keys import SAMPLE_KEY_AXES, SampleKey
 from jaxmia.features.registry import SharedWork, get_feature, parse_features, plan_columns, plan_cost
 from jaxmia.table import FeatureTable, save_table
 
 
 @functools.lru_cache(maxsize=64)
-def jit_features(names: tuple, cfg: FeatureConfig, with_cond: bool):
+def jit_features(names: tuple, cfg: FeatureConfig, with_cond: bool, mesh=None):
     """jit(vmap over examples) of the union of the kernels ``names``.
 
-    Static (baked into the program): the names, the config, whether conditions are passed. The
-    denoiser, the batch, the root key and the id hashes are arguments; jit re-traces only for new
-    shapes or a new network function.
+    Static (baked into the program): the names, the config, whether conditions are passed, and the
+    mesh: with one, every data-axis device runs the vmapped kernels on its own rows
+    (:func:`runner.per_device_jit`). The denoiser, the batch, the root key and the id hashes are
+    arguments; jit re-traces only for new shapes or a new network function.
     """
     specs = [get_feature(n) for n in names]
     columns = [c for s in specs for c in s.device_columns(cfg)]
@@ -60,13 +61,16 @@ def jit_features(names: tuple, cfg: FeatureConfig, with_cond: bool):
         in_axes = (None, 0, 0 if with_cond else None, SAMPLE_KEY_AXES)
         return jax.vmap(per_example, in_axes=in_axes)(denoiser, x0, cond, keys)
 
-    return jax.jit(program)
+    if mesh is None:
+        return jax.jit(program)
+    return runner.per_device_jit(program, mesh, batched=(False, True, with_cond, False, True))
 
 
-def run_identity(names, columns, cfg, seed, denoiser, batch_size) -> dict:
+def run_identity(names, columns, cfg, seed, denoiser, batch_size, per_device_batch) -> dict:
     """What makes two runs' rows interchangeable: features, columns, config, seed, model, shapes.
 
-    The batch size is part of it only for batch-coupled signals (``no_mode="reference"``). Partial
+    ``per_device_batch`` is the compiled shape, which fixes float rounding (runner's docstring); the
+    batch size is part of it only for batch-coupled signals (``no_mode="reference"``). Partial
     files, and the shards of :mod:`jaxmia.distributed`, are resumed or merged only when it matches.
     """
     ident = {
@@ -76,20 +80,11 @@ def run_identity(names, columns, cfg, seed, denoiser, batch_size) -> dict:
         "seed": int(seed),
         "model_digest": denoiser.digest,
         "sample_shape": list(denoiser.sample_shape),
+        "per_device_batch": int(per_device_batch),
     }
     if any(get_feature(n).host_columns(cfg) for n in names):
         ident["batch_size"] = int(batch_size)  # batch-coupled (no_mode="reference"): values depend on it
     return ident
-
-
-def _flatten(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(_flatten(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
 
 
 def partial_path(out) -> Path:
@@ -101,7 +96,7 @@ def _load_partial(path: Path, identity: dict, data) -> dict[str, np.ndarray]:
         saved = json.loads(str(z["identity"]))
         ids, values = z["ids"].astype(str).tolist(), np.asarray(z["values"], np.float64)
     if saved != identity:
-        diff = config_diff(_flatten(saved), _flatten(identity))
+        diff = config_diff(flatten_nested(saved), flatten_nested(identity))
         raise ValueError(
             f"{path}: partial results were made with a different configuration ({'; '.join(diff)}); "
             "delete it or rerun with the same settings"
@@ -133,32 +128,6 @@ def _versions() -> dict:
             "numpy": np.__version__, "jaxmia": jaxmia.__version__}
 
 
-class _Progress:
-    """Batch progress on stderr; rate and ETA from steady-state batches (the first one compiles)."""
-
-    def __init__(self, n_batches: int, n_images: int, enabled: bool):
-        self.n_batches, self.n_images, self.enabled = n_batches, n_images, enabled
-        self.steady_s, self.steady_images = 0.0, 0
-
-    def update(self, k: int, images_done: int, batch_images: int, seconds: float) -> dict:
-        if k > 1:
-            self.steady_s += seconds
-            self.steady_images += batch_images
-        rate = self.steady_images / self.steady_s if self.steady_s > 0 else None
-        eta = (self.n_images - images_done) / rate if rate else None
-        if self.enabled:
-            tail = "(first batch, compiling)" if rate is None else f"{rate:.2f} img/s  ETA {_clock(eta)}"
-            print(f"jaxmia features: batch {k}/{self.n_batches}  {images_done}/{self.n_images} images  {tail}",
-                  file=sys.stderr, flush=True)
-        return {"batch": k, "n_batches": self.n_batches, "images_done": images_done,
-                "n_images": self.n_images, "images_per_s": rate, "eta_s": eta}
-
-
-def _clock(seconds: float) -> str:
-    s = int(round(seconds))
-    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
-
-
 def extract(
     denoiser,
     data,
@@ -187,14 +156,16 @@ def extract(
       out: the ``.npz`` table to write (with its ``.json`` sidecar); enables resuming from
         ``<out>.partial.npz``.
       seed: the root seed of every draw.
-      batch_size: images per step (default 16), a multiple of the data-axis device count.
+      batch_size: images per step: the unit of progress reports and partial saves (default: one
+        chunk, ``per_device_batch`` x data-axis devices). It does not change the values.
       config: a :class:`FeatureConfig` or a preset name (default ``"cdi"``).
       devices: the devices of the mesh (default: this process's local devices).
       progress: print progress with an ETA (excluding the compiling first batch) to stderr.
       on_batch: called with a progress dict after each batch has been saved.
       resume: continue from a matching ``<out>.partial.npz`` (False: start over, overwriting it).
-      per_device_batch: images per data-axis device; the batch is this x the data-axis length
-        (give it or ``batch_size``, not two that disagree).
+      per_device_batch: images each data-axis device computes per call (default
+        :data:`runner.DEFAULT_PER_DEVICE_BATCH`): the compiled shape, and with it the float
+        rounding, so it is part of the run's identity. Larger is faster on an accelerator.
       mesh_shape: (data, model) device counts, e.g. ``(2, 4)``, one may be -1; default
         ``(n_devices, 1)``. A model axis > 1 splits every parameter leaf of at least
         ``shard_min_size`` elements along its largest divisible axis.
@@ -216,7 +187,7 @@ def extract(
     placed = runner.place(denoiser, seed, batch_size, devices, per_device_batch=per_device_batch,
                           mesh_shape=mesh_shape, shard_min_size=shard_min_size)
     batch_size = placed.batch_size
-    identity = run_identity(names, columns, cfg, seed, denoiser, batch_size)
+    identity = run_identity(names, columns, cfg, seed, denoiser, batch_size, placed.per_device_batch)
 
     done: dict[str, np.ndarray] = {}
     partial = partial_path(out) if out is not None else None
@@ -226,29 +197,32 @@ def extract(
     todo = [sid for sid in data.ids if sid not in done]
 
     host_specs = [get_feature(n) for n in names if get_feature(n).host_columns(cfg)]
-    jit_program = jit_features(names, cfg, with_cond)
+    jit_program = jit_features(names, cfg, with_cond, placed.mesh)
     has_device_columns = any(get_feature(n).device_columns(cfg) for n in names)
     host_root = rng.root_key(int(seed)) if host_specs else None  # host stage runs on the default device
     stages = {"inputs": 0.0, "encode": 0.0, "features": 0.0, "host_features": 0.0, "save_partial": 0.0}
     first_batch_s = None
     total = runner.n_batches(len(todo), batch_size)
-    prog = _Progress(total, len(data.ids), progress)
+    bar = Progress("jaxmia features", total=len(todo), enabled=progress)
 
     for k, batch in enumerate(runner.batches(data, todo, batch_size), start=1):
         t0 = time.perf_counter()
         real_ids = [sid for sid, real in zip(batch.ids, batch.mask) if real]
-        x, cond, id_hash = runner.shard_inputs(placed, batch, with_cond)
+        pieces = [(sub.mask, *runner.shard_inputs(placed, sub, with_cond)) for sub in runner.chunks(batch, placed.chunk)]
         t1 = time.perf_counter()
-        x0 = jax.block_until_ready(runner.encode(placed, x, id_hash))
+        pieces = [(mask, jax.block_until_ready(runner.encode(placed, x, id_hash)), cond, id_hash)
+                  for mask, x, cond, id_hash in pieces]
         t2 = time.perf_counter()
         values: dict[str, np.ndarray] = {}
-        if has_device_columns:
-            values = {c: np.asarray(v, np.float64)[batch.mask]
-                      for c, v in jit_program(placed.denoiser, x0, cond, placed.root, id_hash).items()}
+        if has_device_columns:  # dispatch every chunk, then wait: devices never idle between chunks
+            outs = [(mask, jit_program(placed.denoiser, x0, cond, placed.root, id_hash))
+                    for mask, x0, cond, id_hash in pieces]
+            values = {c: np.concatenate([np.asarray(out[c], np.float64)[mask] for mask, out in outs])
+                      for c in outs[0][1]}
         t3 = time.perf_counter()
-        if host_specs:  # batch-coupled signals: the real rows only, no padding
-            x0_real = np.asarray(x0)[batch.mask]
-            cond_real = None if cond is None else np.asarray(cond)[batch.mask]
+        if host_specs:  # batch-coupled signals: the step's real rows only, no padding
+            x0_real = np.concatenate([np.asarray(x0)[mask] for mask, x0, _, _ in pieces])
+            cond_real = None if not with_cond else np.concatenate([np.asarray(c)[mask] for mask, _, c, _ in pieces])
             for spec in host_specs:
                 values.update(spec.host_fn(denoiser, x0_real, cond_real, host_root, batch.id_hash[batch.mask], cfg))
         t4 = time.perf_counter()
@@ -262,13 +236,16 @@ def extract(
             stages[name] += dt
         if k == 1:
             first_batch_s = t5 - t0
-        info = prog.update(k, len(done), int(batch.mask.sum()), t5 - t0)
+        bar.update(int(batch.mask.sum()))
         if on_batch is not None:
-            on_batch(info)
+            on_batch({"batch": k, "n_batches": total, "images_done": len(done), "n_images": len(data.ids),
+                      "images_per_s": bar.rate or None, "eta_s": bar.eta})
+    if todo:
+        bar.finish()
 
     values = np.stack([done[sid] for sid in data.ids]) if data.ids else np.zeros((0, len(columns)))
     cost = plan_cost(names, cfg)
-    steady = (prog.steady_images / prog.steady_s) if prog.steady_s > 0 else None
+    steady = bar.rate or None  # images/s after the first (compiling) batch
     meta = {
         "kind": "features",
         "features": list(names),
@@ -280,7 +257,7 @@ def extract(
         "batch_size": int(batch_size),
         "n_devices": placed.n_devices,
         "mesh_shape": list(placed.mesh_shape),
-        "per_device_batch": batch_size // placed.n_data,
+        "per_device_batch": placed.per_device_batch,
         "devices": [str(d) for d in placed.mesh.devices.ravel()],
         "unet_evals_per_image": cost.as_dict(),
         "resumed_rows": resumed_rows,

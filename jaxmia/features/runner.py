@@ -9,15 +9,23 @@
   along ``"data"``; the denoiser (params, schedule, encoder) is replicated, except that with a
   ``"model"`` axis longer than 1 every parameter leaf of at least ``shard_min_size`` elements is
   split along its largest axis divisible by that length (for models that do not fit one device).
-  XLA inserts the collectives (design.md, "Scale"). The default mesh is ``(n_devices, 1)``: pure
-  data parallelism. Extraction, loss sweeps and DRC all place their work through :func:`place`
-  (or :func:`data_mesh` + :func:`shard_denoiser`).
+  XLA inserts the collectives of the model axis (design.md, "Scale"). The default mesh is
+  ``(n_devices, 1)``: pure data parallelism. Extraction, loss sweeps and DRC all place their work
+  through :func:`place` (or :func:`data_mesh` + :func:`shard_denoiser`).
+* Determinism (style.md §4): every data-axis device runs the same program on ``per_device_batch``
+  rows (:func:`per_device_jit`: ``shard_map`` over ``"data"``), whatever the batch size and the
+  device count. A step of ``batch_size`` rows is cut into chunks of ``per_device_batch`` x
+  data-axis devices (:func:`chunks`). Float rounding depends on the compiled shape, and signals
+  with discrete decisions (GM's top-k mask, NO's line search) amplify it, so fixing the shape is
+  what makes the features bit-identical across batch sizes and device counts; ``per_device_batch``
+  itself is part of a run's identity.
 * Latent models: each image is encoded once, with the key (seed, id, "encode") (cdi-spec.md §9, Q7).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Iterator, Sequence
 
 import jax
@@ -62,7 +70,9 @@ def check_images(denoiser, data: Dataset) -> None:
 
 
 DATA_AXIS, MODEL_AXIS = "data", "model"
-DEFAULT_BATCH_SIZE = 16
+# Rows each data-axis device computes per call: the compiled shape. Larger is faster on an
+# accelerator; the values depend on it at the float-rounding level (module docstring).
+DEFAULT_PER_DEVICE_BATCH = 16
 # Parameter leaves smaller than this (elements) stay replicated on a "model" axis: splitting them
 # saves little memory and costs a collective each.
 DEFAULT_SHARD_MIN_SIZE = 1 << 16
@@ -77,7 +87,13 @@ class Placement:
     root: jax.Array
     batch_sharding: NamedSharding
     replicated: NamedSharding
-    batch_size: int  # global images per step, a multiple of n_data
+    per_device_batch: int  # rows per data-axis device per call: the compiled shape
+    batch_size: int  # rows per step (progress, partial saves); any size, cut into chunks
+
+    @property
+    def chunk(self) -> int:
+        """Rows per call: ``per_device_batch`` x data-axis devices."""
+        return self.per_device_batch * self.n_data
 
     @property
     def n_devices(self) -> int:
@@ -158,41 +174,29 @@ def shard_denoiser(denoiser, mesh: Mesh, *, shard_min_size: int = DEFAULT_SHARD_
     )
 
 
-def resolve_batch_size(batch_size, per_device_batch, n_data: int, *, round_up: bool = False) -> int:
-    """The global batch: ``per_device_batch`` x data-axis devices, or ``batch_size`` (default 16).
+def _positive_int(value, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or int(value) < 1:
+        raise ValueError(f"{name} {value!r}: must be an int >= 1")
+    return int(value)
 
-    ``round_up``: a ``batch_size`` that is not a multiple of ``n_data`` is rounded up (DRC's
-    convention) instead of refused.
+
+def resolve_batching(batch_size, per_device_batch, n_data: int) -> tuple[int, int]:
+    """(per_device_batch, batch_size): the compiled rows per device and the rows per step.
+
+    ``per_device_batch`` defaults to :data:`DEFAULT_PER_DEVICE_BATCH`, ``batch_size`` to one chunk
+    (``per_device_batch`` x ``n_data``). Any ``batch_size`` >= 1 is accepted: a step is run as
+    whole chunks, the last one padded, so a multiple of the chunk wastes nothing.
     """
-    if per_device_batch is not None:
-        if isinstance(per_device_batch, bool) or int(per_device_batch) != per_device_batch or per_device_batch < 1:
-            raise ValueError(f"per_device_batch {per_device_batch!r}: must be an int >= 1")
-        derived = int(per_device_batch) * int(n_data)
-        if batch_size is not None and int(batch_size) != derived:
-            raise ValueError(f"batch_size {batch_size} and per_device_batch {per_device_batch} disagree on {n_data} "
-                             f"data-parallel device(s) ({per_device_batch} x {n_data} = {derived}); give one of them")
-        return derived
-    size = DEFAULT_BATCH_SIZE if batch_size is None else batch_size
-    if isinstance(size, bool) or int(size) != size or int(size) < 1:
-        raise ValueError(f"batch_size {size!r}: must be an int >= 1")
-    size = int(size)
-    if size % n_data:
-        if round_up:
-            return n_data * -(-size // n_data)
-        raise ValueError(f"batch_size {size}: must be a positive multiple of the device count along the data "
-                         f"axis ({n_data})")
-    return size
+    pdb = DEFAULT_PER_DEVICE_BATCH if per_device_batch is None else _positive_int(per_device_batch, "per_device_batch")
+    step = pdb * int(n_data) if batch_size is None else _positive_int(batch_size, "batch_size")
+    return pdb, step
 
 
 def place(denoiser, seed: int, batch_size=None, devices=None, *, per_device_batch=None, mesh_shape=None,
-          shard_min_size: int = DEFAULT_SHARD_MIN_SIZE, round_up: bool = False) -> Placement:
-    """The denoiser and root key on a fresh mesh, with the global batch size resolved.
-
-    The batch is ``per_device_batch`` x the data-axis length, or ``batch_size`` (default 16), which
-    must split evenly over the data axis (``round_up``: rounded up instead).
-    """
+          shard_min_size: int = DEFAULT_SHARD_MIN_SIZE) -> Placement:
+    """The denoiser and root key on a fresh mesh, with the batching resolved (:func:`resolve_batching`)."""
     mesh = data_mesh(devices, mesh_shape)
-    size = resolve_batch_size(batch_size, per_device_batch, int(mesh.shape[DATA_AXIS]), round_up=round_up)
+    pdb, step = resolve_batching(batch_size, per_device_batch, int(mesh.shape[DATA_AXIS]))
     replicated = NamedSharding(mesh, PartitionSpec())
     return Placement(
         mesh=mesh,
@@ -200,8 +204,41 @@ def place(denoiser, seed: int, batch_size=None, devices=None, *, per_device_batc
         root=jax.device_put(rng.root_key(int(seed)), replicated),
         batch_sharding=NamedSharding(mesh, PartitionSpec(DATA_AXIS)),
         replicated=replicated,
-        batch_size=size,
+        per_device_batch=pdb,
+        batch_size=step,
     )
+
+
+def per_device_jit(fn, mesh: Mesh, batched: Sequence[bool], **jit_kwargs):
+    """jit of ``fn`` run by every data-axis device on its own rows (``shard_map`` over ``"data"``).
+
+    ``batched[i]``: argument i is split along ``"data"`` (else replicated); outputs are split along
+    ``"data"``. Only the data axis is manual: a ``"model"`` axis stays with XLA's partitioner. The
+    per-device program is the same for any number of data-axis devices (no global loop predicate,
+    no cross-device fusion), which keeps while-loop kernels such as NO's L-BFGS bit-identical.
+    """
+    specs = tuple(PartitionSpec(DATA_AXIS) if b else PartitionSpec() for b in batched)
+    manual = {DATA_AXIS} if int(mesh.shape[MODEL_AXIS]) > 1 else {DATA_AXIS, MODEL_AXIS}
+    mapped = jax.shard_map(fn, mesh=mesh, in_specs=specs, out_specs=PartitionSpec(DATA_AXIS),
+                           axis_names=frozenset(manual), check_vma=False)
+    return jax.jit(mapped, **jit_kwargs)
+
+
+def chunks(batch: Batch, size: int) -> Iterator[Batch]:
+    """The compiled-shape pieces of a step: ``size`` rows each, the last padded; all-padding pieces skipped."""
+    for lo in range(0, len(batch.ids), size):
+        rows = np.arange(lo, min(lo + size, len(batch.ids)))
+        if not batch.mask[rows].any():
+            return
+        rows = np.concatenate([rows, np.full(size - len(rows), rows[-1])])
+        pad = np.arange(size) >= min(size, len(batch.ids) - lo)
+        yield Batch(
+            ids=[batch.ids[r] for r in rows],
+            id_hash=batch.id_hash[rows],
+            x=batch.x[rows],
+            cond=None if batch.cond is None else np.asarray(batch.cond)[rows],
+            mask=batch.mask[rows] & ~pad,
+        )
 
 
 def batches(data: Dataset, ids: Sequence[str], batch_size: int) -> Iterator[Batch]:
@@ -222,17 +259,21 @@ def shard_inputs(placed: Placement, batch: Batch, with_cond: bool):
     return put(batch.x), cond, put(batch.id_hash)
 
 
-@jax.jit
-def _jit_encode(denoiser, images, root, id_hash):
+def _encode(denoiser, images, root, id_hash):
     # One keyed posterior sample per image id (cdi-spec.md §9, Q7).
     return denoiser.encode_fn(denoiser.encoder_params, images, rng.keys_for(root, id_hash, "encode"))
+
+
+@functools.lru_cache(maxsize=16)
+def _jit_encode(mesh: Mesh):
+    return per_device_jit(_encode, mesh, batched=(False, True, False, True))
 
 
 def encode(placed: Placement, images, id_hash):
     """x0 for the kernels: the images themselves, or their latents for latent models."""
     if not placed.denoiser.is_latent:
         return images
-    return _jit_encode(placed.denoiser, images, placed.root, id_hash)
+    return _jit_encode(placed.mesh)(placed.denoiser, images, placed.root, id_hash)
 
 
 def device_batch(placed: Placement, batch: Batch, with_cond: bool):

@@ -56,8 +56,9 @@ def error_grid(denoiser, x0, cond, noise_key, timesteps: Sequence[int], n_draws:
 
 
 @functools.lru_cache(maxsize=32)
-def _sweep_program(timesteps: tuple, n_draws: int, norm: str, purpose: str, with_cond: bool):
-    """jit(vmap over examples) of :func:`error_grid`; static: the grid, norm, purpose, cond presence."""
+def _sweep_program(timesteps: tuple, n_draws: int, norm: str, purpose: str, with_cond: bool, mesh=None):
+    """jit(vmap over examples) of :func:`error_grid`; static: the grid, norm, purpose, cond presence
+    and the mesh (with one, each data-axis device runs its own rows: ``runner.per_device_jit``)."""
 
     def per_example(denoiser, x0, cond, key: SampleKey):
         return error_grid(denoiser, x0, cond, key.purpose_key(purpose), timesteps, n_draws, norm=norm)
@@ -67,7 +68,11 @@ def _sweep_program(timesteps: tuple, n_draws: int, norm: str, purpose: str, with
         return jax.vmap(per_example, in_axes=(None, 0, 0 if with_cond else None, SAMPLE_KEY_AXES))(
             denoiser, x0, cond, keys)
 
-    return jax.jit(program)
+    if mesh is None:
+        return jax.jit(program)
+    from jaxmia.features import runner
+
+    return runner.per_device_jit(program, mesh, batched=(False, True, with_cond, False, True))
 
 
 def loss_sweep(
@@ -92,8 +97,8 @@ def loss_sweep(
       data: a ``Dataset`` (ids, images, cond) or an (N, H, W, C) array (ids "0".."N-1").
       timesteps: the grid of integer timesteps. n_draws: noise draws per image, shared over t.
       seed: root seed; draws depend only on (seed, image id, purpose, draw index).
-      batch_size: images per jitted step (default 16; a multiple of the data-axis device count; the
-        last batch is padded).
+      batch_size: images per step (default: one chunk of ``per_device_batch`` x data-axis devices;
+        it does not change the values).
       norm: ``l2`` or ``squared_l2``.
       devices, per_device_batch, mesh_shape, shard_min_size: the device mesh, as in
         :func:`jaxmia.features.extract`.
@@ -115,12 +120,12 @@ def loss_sweep(
     with_cond = runner.uses_cond(denoiser, data)
     placed = runner.place(denoiser, seed, batch_size, devices, per_device_batch=per_device_batch, mesh_shape=mesh_shape,
                           shard_min_size=runner.DEFAULT_SHARD_MIN_SIZE if shard_min_size is None else shard_min_size)
-    batch_size = placed.batch_size
-    jit_sweep = _sweep_program(ts, int(n_draws), norm, purpose, with_cond)
-    out = np.zeros((len(data.ids), len(ts), int(n_draws)), np.float64)
-    for k, batch in enumerate(runner.batches(data, data.ids, batch_size)):
-        x0, cond, id_hash = runner.device_batch(placed, batch, with_cond)
-        values = np.asarray(jit_sweep(placed.denoiser, x0, cond, placed.root, id_hash), np.float64)
-        n_real = int(batch.mask.sum())
-        out[k * batch_size : k * batch_size + n_real] = values[batch.mask]
-    return out
+    jit_sweep = _sweep_program(ts, int(n_draws), norm, purpose, with_cond, placed.mesh)
+    pieces = []
+    for batch in runner.batches(data, data.ids, placed.batch_size):
+        for sub in runner.chunks(batch, placed.chunk):
+            x0, cond, id_hash = runner.device_batch(placed, sub, with_cond)
+            pieces.append((sub.mask, jit_sweep(placed.denoiser, x0, cond, placed.root, id_hash)))
+    if not pieces:
+        return np.zeros((0, len(ts), int(n_draws)), np.float64)
+    return np.concatenate([np.asarray(values, np.float64)[mask] for mask, values in pieces])

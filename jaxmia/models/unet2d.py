@@ -630,18 +630,15 @@ def example_inputs(config: UNet2DConfig, batch: int = 1):
     return x, t, labels
 
 
-def init_params(module: UNet2DModel, seed: int = 0) -> dict:
-    """Random float32 parameters for training a new target, drawn on the host.
+def torch_default_params(abstract: dict, seed: int = 0) -> dict:
+    """Random float32 values for a parameter tree of shapes, drawn on the host like PyTorch.
 
-    The distribution is PyTorch's default initialisation, which diffusers' ``UNet2DModel`` starts
-    from: conv and linear weights and biases U(±1/√fan_in), norms scale 1 and bias 0, embedding
-    tables N(0, 1). Each leaf has its own generator seeded by (seed, parameter path), so adding a
-    layer leaves the other leaves unchanged.
-
-    Differs from ``module.init``: Flax's initialisers are not PyTorch's, and jitting ``module.init``
-    compiles one RNG program per leaf (tens of seconds of XLA time on CPU even for a tiny UNet).
+    PyTorch's default initialisation, which diffusers' models start from: conv and linear weights
+    and biases U(±1/√fan_in), norm scales 1 and biases 0, embedding tables N(0, 1). Each leaf has its
+    own generator seeded by (seed, parameter path), so adding a layer leaves the other leaves
+    unchanged. Used by every jaxmia module that trains from scratch (UNet, autoencoders).
     """
-    flat = traverse_util.flatten_dict(abstract_params(module))
+    flat = traverse_util.flatten_dict(abstract)
     out = {}
     for path, leaf in flat.items():
         rng = np.random.default_rng([int(seed), zlib.crc32("/".join(path).encode())])
@@ -656,6 +653,15 @@ def init_params(module: UNet2DModel, seed: int = 0) -> dict:
             value = rng.uniform(-bound, bound, leaf.shape)
         out[path] = value.astype(np.float32)
     return traverse_util.unflatten_dict(out)
+
+
+def init_params(module: UNet2DModel, seed: int = 0) -> dict:
+    """Random float32 parameters for training a new target (:func:`torch_default_params`).
+
+    Differs from ``module.init``: Flax's initialisers are not PyTorch's, and jitting ``module.init``
+    compiles one RNG program per leaf (tens of seconds of XLA time on CPU even for a tiny UNet).
+    """
+    return torch_default_params(abstract_params(module), seed)
 
 
 def abstract_params(module: UNet2DModel) -> dict:

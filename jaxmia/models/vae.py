@@ -38,17 +38,14 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-import zlib
 from typing import Any, Callable, Mapping, NamedTuple, Optional
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
-from flax import traverse_util
 
 from jaxmia.models.io import ModelSpec, register_model
-from jaxmia.models.unet2d import ACTIVATIONS, Downsample2D, SpatialAttention, Upsample2D
+from jaxmia.models.unet2d import ACTIVATIONS, Downsample2D, SpatialAttention, Upsample2D, torch_default_params
 
 DOWN_BLOCK_TYPES = ("DownEncoderBlock2D", "AttnDownEncoderBlock2D")
 UP_BLOCK_TYPES = ("UpDecoderBlock2D", "AttnUpDecoderBlock2D")
@@ -524,24 +521,10 @@ def abstract_params(module) -> dict:
 
 
 def init_params(module, seed: int = 0) -> dict:
-    """Random float32 parameters drawn on the host with PyTorch's default initialisation (conv and
-    linear weights and biases U(±1/√fan_in), norms 1 and 0, the codebook N(0, 1)), one generator per
-    leaf seeded by (seed, path), the rule of :func:`jaxmia.models.unet2d.init_params`; jitting
-    ``module.init`` instead would compile one RNG program per leaf."""
-    flat = traverse_util.flatten_dict(abstract_params(module))
-    out = {}
-    for path, leaf in flat.items():
-        rng = np.random.default_rng([int(seed), zlib.crc32("/".join(path).encode())])
-        module_path, kind = path[:-1], path[-1]
-        if kind == "scale" or (kind == "bias" and module_path + ("scale",) in flat):
-            value = np.full(leaf.shape, 1.0 if kind == "scale" else 0.0)
-        elif kind == "embedding":
-            value = rng.standard_normal(leaf.shape)
-        else:
-            bound = 1.0 / math.sqrt(math.prod(flat[module_path + ("kernel",)].shape[:-1]))
-            value = rng.uniform(-bound, bound, leaf.shape)
-        out[path] = value.astype(np.float32)
-    return traverse_util.unflatten_dict(out)
+    """Random float32 parameters drawn on the host with PyTorch's default initialisation (the
+    codebook N(0, 1)): :func:`jaxmia.models.unet2d.torch_default_params`. Jitting ``module.init``
+    instead would compile one RNG program per leaf."""
+    return torch_default_params(abstract_params(module), seed)
 
 
 def _reconstruct(module, params, x, t=None, cond=None):
