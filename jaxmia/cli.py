@@ -10,19 +10,24 @@ import sys
 import click
 
 
-class _CleanErrors(click.Group):
-    """Turns expected input errors into one line naming the culprit, with a non-zero exit."""
+class CleanErrors(click.Group):
+    """Turns expected input errors into one line ``<prog>: error: ...`` naming the culprit, exit 2.
+
+    Scripts with their own command groups subclass it and set ``prog``.
+    """
+
+    prog = "jaxmia"
 
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
         except (ValueError, FileNotFoundError, KeyError, OSError) as err:
             msg = err.args[0] if isinstance(err, KeyError) and err.args else err
-            click.echo(f"jaxmia: error: {msg}", err=True)
+            click.echo(f"{self.prog}: error: {msg}", err=True)
             sys.exit(2)
 
 
-@click.group(cls=_CleanErrors)
+@click.group(cls=CleanErrors)
 @click.version_option(package_name="jaxmia")
 def main():
     """Membership and dataset inference for diffusion models (CDI, DRC, SecMI, PIA)."""

@@ -16,21 +16,13 @@ The logic lives in :mod:`jaxmia.data.cifar10`; this is a thin wrapper. Runs in s
 
 from __future__ import annotations
 
-import sys
-
 import click
 
+from jaxmia.cli import CleanErrors
 
-class _CleanErrors(click.Group):
-    """Expected input errors become one line naming the culprit, with exit status 2."""
 
-    def invoke(self, ctx):
-        try:
-            return super().invoke(ctx)
-        except (ValueError, FileNotFoundError, KeyError, OSError) as err:
-            msg = err.args[0] if isinstance(err, KeyError) and err.args else err
-            click.echo(f"prepare_cifar10: error: {msg}", err=True)
-            sys.exit(2)
+class _CleanErrors(CleanErrors):
+    prog = "prepare_cifar10"
 
 
 @click.group(cls=_CleanErrors)

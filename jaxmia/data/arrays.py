@@ -11,21 +11,13 @@ from pathlib import Path
 
 import numpy as np
 
+from jaxmia.fileio import load_npz
+
 
 def read_npz(path):
     """Returns (ids, images (N,H,W,C) float32 in [-1,1], cond or None)."""
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"array file not found: {path}")
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            arrays = {k: z[k] for k in z.files}
-    except ValueError as err:
-        if "pickle" in str(err).lower():
-            raise ValueError(f"{path}: holds pickled objects; jaxmia never unpickles (store plain arrays)") from None
-        raise ValueError(f"{path}: unreadable .npz ({err})") from None
-    except Exception as err:
-        raise ValueError(f"{path}: unreadable .npz ({type(err).__name__}: {err})") from None
+    arrays = load_npz(path, what="array file")
     for key in ("images", "ids"):
         if key not in arrays:
             raise ValueError(f"{path}: missing array {key!r} (has {', '.join(sorted(arrays)) or 'nothing'})")

@@ -29,13 +29,14 @@ References: Krizhevsky 2009, the CIFAR-10 binary format (cs.toronto.edu/~kriz/ci
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
 import numpy as np
+
+from jaxmia.fileio import file_sha256, load_npz
 
 IMAGE_SHAPE = (32, 32, 3)
 RECORD_BYTES = 1 + 32 * 32 * 3  # 3073: label byte, then the R, G and B planes
@@ -109,17 +110,7 @@ def read_split(path, n_train: Optional[int] = None) -> tuple[np.ndarray, np.ndar
       n_train: the number of training images; an index outside 0..n_train-1 is refused.
     """
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: split file not found")
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            arrays = {k: z[k] for k in z.files}
-    except ValueError as err:
-        if "pickle" in str(err).lower():
-            raise ValueError(f"{path}: holds pickled objects; jaxmia never unpickles") from None
-        raise ValueError(f"{path}: unreadable .npz ({err})") from None
-    except Exception as err:  # zipfile.BadZipFile, EOFError, ...
-        raise ValueError(f"{path}: unreadable .npz ({type(err).__name__}: {err})") from None
+    arrays = load_npz(path, what="split file")
     sides = []
     for key in (MEMBER_KEY, NONMEMBER_KEY):
         if key not in arrays:
@@ -146,14 +137,6 @@ def read_split(path, n_train: Optional[int] = None) -> tuple[np.ndarray, np.ndar
         raise ValueError(f"{path}: {both.size} index(es) are both members ({MEMBER_KEY}) and non-members "
                          f"({NONMEMBER_KEY}), e.g. {both[0]}; the split must be disjoint")
     return sides[0], sides[1]
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 @dataclass(frozen=True)
@@ -220,9 +203,9 @@ def prepare_cifar10(cifar_dir, split, out_dir, *, n: Optional[int] = None, overw
     manifest = {
         "kind": "cifar10_membership_split",
         "n_train_images": int(len(labels)),
-        "train_batches": {p.name: _sha256(p) for p in batch_paths},
+        "train_batches": {p.name: file_sha256(p) for p in batch_paths},
         "split_file": str(split),
-        "split_sha256": _sha256(split),
+        "split_sha256": file_sha256(split),
         "split_sizes": {MEMBER_KEY: int(full_members.size), NONMEMBER_KEY: int(full_nonmembers.size)},
         "is_secmi_cifar10_split": bool(is_secmi),
         "n_per_side": None if n is None else int(n),

@@ -31,7 +31,6 @@ References: Ho et al., arXiv 2006.11239, App. B; ``w86763777/pytorch-ddpm`` ``mo
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import math
 import pickle
@@ -41,6 +40,7 @@ from typing import Mapping, Optional
 
 import numpy as np
 
+from jaxmia.fileio import file_sha256
 from jaxmia.models import convert
 from jaxmia.models.unet2d import UNet2DConfig, UNet2DModel, abstract_params
 
@@ -353,14 +353,6 @@ def to_diffusers_state_dict(state: Mapping[str, np.ndarray], hp: DDPMHyperparame
 # ==================================================================================================
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def convert_pytorch_ddpm(src, dst, *, ema: bool = True, flagfile=None, assume_cifar10_defaults: bool = False) -> dict:
     """Converts a pytorch-ddpm ``.pt`` into a pipeline folder ``dst`` that
     :func:`jaxmia.models.load_denoiser` loads.
@@ -408,7 +400,7 @@ def convert_pytorch_ddpm(src, dst, *, ema: bool = True, flagfile=None, assume_ci
     record = {
         "format": "pytorch-ddpm",
         "source": str(src),
-        "source_sha256": _sha256(src),
+        "source_sha256": file_sha256(src),
         "weights": which,
         "flags": flag_source,
         "hyperparameters": dataclasses.asdict(hp),

@@ -1,0 +1,37 @@
+"""Reading user files safely: ``.npz`` arrays without pickles, and file digests for provenance."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+
+
+def load_npz(path, *, what: str = "array file") -> dict[str, np.ndarray]:
+    """Every array of an ``.npz`` file, read with ``allow_pickle=False``.
+
+    A missing file, a pickled object or an unreadable archive is refused with one line naming
+    ``path`` (``what`` says what the file was meant to be).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: {what} not found")
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return {k: z[k] for k in z.files}
+    except ValueError as err:
+        if "pickle" in str(err).lower():
+            raise ValueError(f"{path}: holds pickled objects; jaxmia never unpickles (store plain arrays)") from None
+        raise ValueError(f"{path}: unreadable .npz ({err})") from None
+    except Exception as err:  # zipfile.BadZipFile, EOFError, ...
+        raise ValueError(f"{path}: unreadable .npz ({type(err).__name__}: {err})") from None
+
+
+def file_sha256(path) -> str:
+    """SHA-256 of a file's bytes, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
