@@ -9,7 +9,7 @@ import numpy as np
 
 
 def load_npz(path, *, what: str = "array file") -> dict[str, np.ndarray]:
-    """Every array of an ``.npz`` file, read with ``allow_pickle=False``.
+    """Every array of an ``.npz`` file (a ``.npy`` file: ``{"array": ...}``), read with ``allow_pickle=False``.
 
     A missing file, a pickled object or an unreadable archive is refused with one line naming
     ``path`` (``what`` says what the file was meant to be).
@@ -18,6 +18,8 @@ def load_npz(path, *, what: str = "array file") -> dict[str, np.ndarray]:
     if not path.is_file():
         raise FileNotFoundError(f"{path}: {what} not found")
     try:
+        if path.suffix == ".npy":
+            return {"array": np.load(path, allow_pickle=False)}
         with np.load(path, allow_pickle=False) as z:
             return {k: z[k] for k in z.files}
     except ValueError as err:

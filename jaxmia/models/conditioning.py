@@ -36,6 +36,7 @@ import numpy as np
 from flax import traverse_util
 
 from jaxmia.data import Dataset
+from jaxmia.fileio import load_npz
 
 COND_KINDS = ("none", "class", "text")
 
@@ -183,19 +184,7 @@ def save_text_embeddings(path, ids, embeddings) -> Path:
 
 
 def _read_arrays(path: Path) -> dict:
-    if not path.is_file():
-        raise FileNotFoundError(f"conditioning file not found: {path}")
-    try:
-        if path.suffix == ".npy":
-            return {"array": np.load(path, allow_pickle=False)}
-        with np.load(path, allow_pickle=False) as z:
-            return {k: z[k] for k in z.files}
-    except ValueError as err:
-        if "pickle" in str(err).lower():
-            raise ValueError(f"{path}: holds pickled objects; jaxmia never unpickles (store plain arrays)") from None
-        raise ValueError(f"{path}: unreadable array file ({err})") from None
-    except Exception as err:  # zip and format errors of several types
-        raise ValueError(f"{path}: unreadable array file ({type(err).__name__}: {err})") from None
+    return load_npz(path, what="conditioning file")
 
 
 def _by_id(path: Path, file_ids, values: np.ndarray, dataset: Dataset, key: str) -> np.ndarray:
