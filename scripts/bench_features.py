@@ -1,0 +1,356 @@
+"""Feature-extraction throughput: jaxmia against a plain PyTorch eager loop on the same weights.
+
+    python scripts/bench_features.py                          # demo target, batch 64, 5 rows (~10 min)
+    python scripts/bench_features.py --rows all --reps 5       # every signal alone, and both cdi presets
+    python scripts/bench_features.py --target cifar --batch 4 --rows unet_forward,cdi --reps 1
+    python scripts/bench_features.py --target cifar --batch 64 --peak-tflops 495   # GPU (H100/H200, TF32)
+
+For each row it prints images/s and UNet evaluations/s of
+
+* jaxmia: the program ``extract()`` runs on one batch (``jit_features``: vmap over examples, one
+  program per signal set, the batch split over the devices of the data mesh), steady state; the
+  compile time is reported apart;
+* PyTorch: diffusers' ``UNet2DModel`` holding the same weights (``flax_to_torch`` +
+  ``load_state_dict``), the reference's straightforward algorithm (scripts/torch_reference.py),
+  eager; on a CPU at each of ``--torch-threads`` (the fastest is the baseline);
+
+and their ratio (jaxmia images/s ÷ PyTorch images/s, measured in the same run, interleaved). The
+``unet_forward`` row is the bare network on the batch (one evaluation per image): the UNet's own
+speed on both sides and the fraction of the device's peak FLOP rate that the forward reaches;
+``unet_vjp`` adds one backward pass (the input gradient of ½‖ε_θ‖², what GM and NO need).
+UNet evaluations per image are counted as they execute on both sides ("f" forward, "b" backward;
+jaxmia: a counting denoiser for the data-dependent noise optimisation, the registry's exact counts
+for the rest; PyTorch: a counter in the loop). jaxmia shares work inside ``cdi`` (ε_θ(x0, 0) once;
+ML read from GM's gradient passes) and runs NO per example (``no_mode="per_example"``); the row
+``cdi[cdi_reference]`` runs the reference preset (NO on the host with SciPy, ML and GM on separate
+draws) and has no PyTorch counterpart of its own (compare it with the PyTorch ``cdi`` row).
+
+Before timing a row, the script checks that both sides compute the same numbers on the timed batch
+(the UNet outputs; every column of the row, jaxmia's keyed noise draws fed to the PyTorch loop).
+"""
+
+from __future__ import annotations
+
+import click
+import numpy as np
+
+import bench_common as bc
+
+ROWS = {  # row label -> (jaxmia feature names or the bare network, preset, torch_reference signal)
+    "unet_forward": (("@forward",), None, "forward"),
+    "unet_vjp": (("@vjp",), None, "vjp"),
+    "loss": (("loss",), "cdi", "loss"),
+    "secmi": (("secmi",), "cdi", "secmi"),
+    "pia+pian": (("pia", "pian"), "cdi", "pia"),
+    "multi_loss": (("multi_loss",), "cdi", "multi_loss"),
+    "grad_mask": (("grad_mask",), "cdi", "grad_mask"),
+    "noise_opt": (("noise_opt",), "cdi", "noise_opt"),
+    "cdi": (("cdi",), "cdi", "cdi"),
+    "cdi[cdi_reference]": (("cdi",), "cdi_reference", None),
+}
+# The default rows: the bare network, the cheap signals and the whole 26-d vector (multi_loss, grad_mask
+# and noise_opt are parts of cdi; each row costs its own compile, minutes on a loaded 2-core CPU).
+DEFAULT_ROWS = ("unet_forward", "unet_vjp", "loss", "secmi", "pia+pian", "cdi")
+FORWARD_T = 500  # the timestep of the unet_forward row (the cost does not depend on it)
+DETERMINISTIC_TOL = 1e-4  # max relative difference of the agreement check's exact columns
+FORWARD_TOL = 1e-5  # max absolute difference of the UNet outputs (models-and-weights.md §9)
+VJP_TOL = 1e-4  # max absolute difference of the input gradients, relative to their largest magnitude
+
+
+# ---- jaxmia ------------------------------------------------------------------------------------
+
+
+def bare_network(kind: str):
+    """The per-device program of the bare network rows: the forward ε_θ(x, t), or the input
+    gradient ∂(½‖ε_θ(x, t)‖²)/∂x (one forward and one backward pass, as GM and NO need)."""
+    import jax
+    import jax.numpy as jnp
+
+    def forward(d, x, t):
+        return d.apply_fn(d.params, x, t, None)
+
+    def vjp(d, x, t):
+        return jax.grad(lambda x: 0.5 * jnp.sum(forward(d, x, t) ** 2))(x)
+
+    return {"@forward": forward, "@vjp": vjp}[kind]
+
+
+class JaxmiaRun:
+    """One signal set of jaxmia on one fixed batch, as ``extract()`` runs a chunk: compiled once
+    (``compile_s``), then called repeatedly. ``names`` ("@forward",) or ("@vjp",): the bare network."""
+
+    def __init__(self, denoiser, images, names, cfg, devices, seed: int = 0):
+        import jax
+        import jax.numpy as jnp
+
+        from jaxmia import rng
+        from jaxmia.features import get_feature, jit_features, runner
+
+        self.denoiser, self.images, self.names, self.cfg = denoiser, images, tuple(names), cfg
+        self.bare = self.names[0] if self.names[0].startswith("@") else None
+        batch = len(images)
+        if batch % len(devices):
+            raise click.BadParameter(f"batch {batch} is not a multiple of the {len(devices)} devices")
+        self.placed = runner.place(denoiser, seed, batch, devices, per_device_batch=batch // len(devices))
+        self.id_hash_host = rng.id_hashes(bc.bench_ids(batch))
+        self.id_hash = jax.device_put(self.id_hash_host, self.placed.batch_sharding)
+        self.x0 = jax.device_put(images, self.placed.batch_sharding)
+        self.host_root = rng.root_key(seed)
+        if self.bare:  # on the same mesh as the kernels
+            t = jax.device_put(jnp.full((batch,), FORWARD_T, jnp.int32), self.placed.batch_sharding)
+            self.args = (self.placed.denoiser, self.x0, t)
+            program = runner.per_device_jit(bare_network(self.bare), self.placed.mesh, batched=(False, True, True))
+            self.host_specs, self.has_device = [], True
+        else:
+            self.args = (self.placed.denoiser, self.x0, None, self.placed.root, self.id_hash)
+            program = jit_features(self.names, cfg, False, self.placed.mesh)
+            self.host_specs = [get_feature(n) for n in self.names if get_feature(n).host_columns(cfg)]
+            self.has_device = any(get_feature(n).device_columns(cfg) for n in self.names)
+        self.compiled, self.compile_s = None, 0.0
+        if self.has_device:
+            self.compiled, self.compile_s = bc.timed(lambda: program.lower(*self.args).compile())
+
+    def __call__(self):
+        """The batch's columns as NumPy (device stage, then host stage, as ``extract()`` runs them);
+        the network's output (NHWC) for the bare network."""
+        out = self.compiled(*self.args) if self.compiled is not None else {}
+        if self.bare:
+            return np.asarray(out, np.float64)
+        values = {k: np.asarray(v, np.float64) for k, v in out.items()}
+        for spec in self.host_specs:
+            values.update(spec.host_fn(self.denoiser, self.images, None, self.host_root, self.id_hash_host, self.cfg))
+        return values
+
+
+def count_jaxmia(denoiser, images, names, cfg, devices) -> tuple[float, float]:
+    """(forward, backward) UNet evaluations per image, counted while one batch executes."""
+    import jax
+
+    counter = bc.EvalCounter()
+    JaxmiaRun(bc.counting_denoiser(denoiser, counter), images, names, cfg, devices)()
+    jax.effects_barrier()
+    return counter.forward / len(images), counter.backward / len(images)
+
+
+def jaxmia_evals(target, images, names, cfg, devices, count_all: bool, memo: dict) -> tuple[float, float]:
+    """(forward, backward) UNet evaluations per image of a jaxmia signal set.
+
+    ``count_all``: counted while the set executes once (one extra compile). Otherwise the registry's
+    exact counts (fixed by the algorithm and checked by the feature tests) plus, for the
+    data-dependent NO units (L-BFGS line searches), a count of ``noise_opt`` run alone on the same
+    batch with the same config (memoised per config).
+    """
+    from jaxmia.features.registry import plan_work
+
+    if names[0].startswith("@"):
+        return 1.0, float(names[0] == "@vjp")
+    if count_all:
+        return count_jaxmia(target.denoiser, images, names, cfg, devices)
+    units = plan_work(names, cfg)
+    fwd = sum(c.forward for k, c in units.items() if not k.startswith("no_"))
+    bwd = sum(c.backward for k, c in units.items() if not k.startswith("no_"))
+    if any(k.startswith("no_") for k in units):
+        if cfg not in memo:
+            memo[cfg] = count_jaxmia(target.denoiser, images, ("noise_opt",), cfg, devices)
+        fwd, bwd = fwd + memo[cfg][0], bwd + memo[cfg][1]
+    return float(fwd), float(bwd)
+
+
+# ---- agreement ---------------------------------------------------------------------------------
+
+
+def jaxmia_noise(n: int, shape: tuple, cfg) -> dict:
+    """jaxmia's keyed draws of the first ``n`` bench ids, keyed like the PyTorch loop's noise."""
+    out = {("dl", r): d for r, d in enumerate(bc.keyed_draws(n, "dl", cfg.dl_n_draws, shape))}
+    for purpose in ("ml", "gm", "no"):
+        out[(purpose, 0)] = bc.keyed_draws(n, purpose, 1, shape)[0]
+    return out
+
+
+def _names(cols) -> str:
+    """Column names, each timestep family collapsed (ml_t000..ml_t900 -> ml_t*)."""
+    out = []
+    for c in cols:
+        name = c[: c.index("_t") + 2] + "*" if c.startswith(("ml_t", "gm_t")) else c
+        if name not in out:
+            out.append(name)
+    return ", ".join(out)
+
+
+def agreement(label: str, jax_values, ref, no_reference) -> list[list]:
+    """Rows (row, quantity, max diff, tolerance, verdict / note) of one row's jaxmia vs PyTorch values.
+
+    The PyTorch loop was fed jaxmia's draws, so DL, ML and GM see the same noise; SecMI, PIA and PIAN
+    use none. GM has no tolerance: a top-k mask flips where two gradient magnitudes tie to float
+    precision. NO is compared with jaxmia's reference mode (``no_reference()``: host SciPy over the
+    flat batch, like the loop), without a tolerance: two L-BFGS-B runs on float32 gradients that
+    differ in the last bits need not take identical steps.
+    """
+    if not isinstance(ref, dict):  # the bare network: NCHW arrays
+        diff = float(np.max(np.abs(np.transpose(jax_values, (0, 3, 1, 2)) - ref)))
+        if label == "unet_forward":
+            return [[label, "eps (max abs diff)", f"{diff:.1e}", f"{FORWARD_TOL:.0e}", bc.verdict(diff, FORWARD_TOL)]]
+        diff /= float(np.max(np.abs(ref)))
+        return [[label, "dx (max abs diff / max |dx|)", f"{diff:.1e}", f"{VJP_TOL:.0e}", bc.verdict(diff, VJP_TOL)]]
+    rows = []
+    exact = [c for c in ref if c in ("dl", "secmi", "pia", "pian") or c.startswith("ml_")]
+    if exact:
+        diff = max(float(np.max(bc.rel_diff(jax_values[c], ref[c]))) for c in exact)
+        rows.append([label, _names(exact), f"{diff:.1e}", f"{DETERMINISTIC_TOL:.0e}", bc.verdict(diff, DETERMINISTIC_TOL)])
+    gm = [c for c in ref if c.startswith("gm_")]
+    if gm:
+        d = np.stack([bc.rel_diff(jax_values[c], ref[c]) for c in gm])
+        rows.append([label, _names(gm), f"{d.max():.1e}", "-",
+                     f"median {np.median(d):.1e}; {np.mean(d < 1e-3):.0%} within 1e-3 (top-k ties may flip)"])
+    for col in (c for c in ("no_loss", "no_delta_norm") if c in ref):
+        d = bc.rel_diff(no_reference()[col], ref[col])
+        rows.append([label, f"{col} (jaxmia no_mode=reference)", f"{d.max():.1e}", "-", f"median {np.median(d):.1e}"])
+    return rows
+
+
+# ---- the benchmark -----------------------------------------------------------------------------
+
+
+class Bench:
+    """One target and batch: the PyTorch model, the compiled jaxmia runs, the checks and the rows."""
+
+    def __init__(self, target, session, count_all: bool):
+        import torch_reference as tr
+
+        self.target, self.session, self.count_all = target, session, count_all
+        self.images = target.images
+        self.tmodel = bc.torch_denoiser(target, session.torch_device)
+        self.x0 = tr.to_nchw(self.images, session.torch_device)
+        self.memo, self._noise, self._no_reference = {}, None, None
+        self.agree = []
+
+    def noise(self, cfg):
+        import torch_reference as tr
+
+        if self._noise is None:
+            draws = jaxmia_noise(len(self.images), self.target.denoiser.sample_shape, cfg)
+            self._noise = {k: tr.to_nchw(v, self.session.torch_device) for k, v in draws.items()}
+        return self._noise
+
+    def no_reference(self, cfg):
+        """jaxmia's reference-mode NO on the batch (compiled once, on demand)."""
+        from jaxmia.features import make_config
+
+        if self._no_reference is None:
+            ref_cfg = make_config(cfg, no_mode="reference", no_double_noise=cfg.no_double_noise)
+            self._no_reference = JaxmiaRun(self.target.denoiser, self.images, ("noise_opt",), ref_cfg,
+                                           self.session.devices)()
+        return self._no_reference
+
+    def torch_call(self, signal: str, cfg, noise=None):
+        import torch_reference as tr
+
+        if signal == "forward":
+            return lambda: tr.forward(self.tmodel, self.x0, FORWARD_T)
+        if signal == "vjp":
+            return lambda: tr.input_gradient(self.tmodel, self.x0, FORWARD_T)
+        return lambda: tr.run(self.tmodel, signal, self.x0, cfg, noise)
+
+    def row(self, label: str, reps: int, check: bool) -> dict:
+        """Compile, check against PyTorch (before timing), time, count."""
+        from jaxmia.features import make_config
+
+        names, preset, torch_signal = ROWS[label]
+        cfg = make_config(preset) if preset else None
+        run = JaxmiaRun(self.target.denoiser, self.images, names, cfg, self.session.devices)
+        print(f"   {label}: compiled in {run.compile_s:.1f} s", flush=True)
+        if check and torch_signal is not None:
+            ref = self.torch_call(torch_signal, cfg, None if cfg is None else self.noise(cfg))()
+            self.agree += agreement(label, run(), ref, lambda: self.no_reference(cfg))
+        self.tmodel.reset_counts()
+        fns = {"jaxmia": run}
+        if torch_signal is not None:
+            fns.update(bc.torch_thunks(self.torch_call(torch_signal, cfg), self.session.torch_threads))
+        times = bc.time_calls(fns, reps)
+        batch = len(self.images)
+        t_ips, t_counts, threads = None, None, "-"
+        if torch_signal is not None:  # counted over the warm-up and timed calls of every thread count
+            calls = bc.n_calls(fns, times) * batch
+            t_counts = (self.tmodel.forward / calls, self.tmodel.backward / calls)
+            torch_label, torch_s = bc.fastest(times)
+            t_ips, threads = batch / torch_s, torch_label.partition("@")[2] or "-"
+        j_ips = batch / bc.median(times["jaxmia"])
+        print(f"   {label}: jaxmia {bc.fmt(j_ips)} img/s, torch {bc.fmt(t_ips)} img/s", flush=True)
+        j_counts = jaxmia_evals(self.target, self.images, names, cfg, self.session.devices, self.count_all, self.memo)
+        return dict(label=label, j_ips=j_ips, t_ips=t_ips, threads=threads, t_counts=t_counts, j_counts=j_counts,
+                    compile_s=run.compile_s)
+
+
+def bench_target(target, reps: int, rows: list[str], session, peak_tflops, count_all: bool, check: bool) -> None:
+    batch = len(target.images)
+    flops = bc.forward_flops(target.denoiser, batch)
+    bc.print_header(f"target {target.name}", {
+        "network": target.describe(flops),
+        "batch": f"{batch} images, {reps} timed repetition(s) per row after one warm-up call (median)",
+    })
+    bench = Bench(target, session, count_all)
+    results = [bench.row(label, reps, check) for label in rows]
+    print()
+    if check:
+        bc.print_table(["row", "quantity", "max diff", "tolerance", "verdict / note"], bench.agree,
+                       title=f"agreement before timing, on the timed batch ({batch} images), jaxmia vs the PyTorch "
+                             "loop fed jaxmia's draws (relative differences unless stated):")
+    print_results(target, results, flops, peak_tflops, batch)
+    print(f"   load average at the end: {bc.load_average()}\n", flush=True)
+
+
+def _evals(counts) -> str:
+    f, b = counts
+    return f"{f:.3g}f+{b:.3g}b"
+
+
+def print_results(target, results, flops, peak_tflops, batch) -> None:
+    flops_col = bc.flops_header(peak_tflops)
+    headers = ["signal", "jaxmia img/s", "evals/img", "evals/s", flops_col,
+               "torch img/s", "thr", "evals/img", "evals/s", flops_col, "ratio", "compile s"]
+    rows = []
+    for r in results:
+        def rates(ips, counts):
+            if ips is None:
+                return "-", "-", "-"
+            f, b = counts
+            return _evals(counts), bc.fmt(ips * (f + b)), bc.flops_cell(bc.flop_rate(ips * f, ips * b, flops),
+                                                                        peak_tflops)
+        rows.append([r["label"], bc.fmt(r["j_ips"]), *rates(r["j_ips"], r["j_counts"]),
+                     bc.fmt(r["t_ips"]), r["threads"], *rates(r["t_ips"], r["t_counts"]),
+                     bc.ratio_cell(r["j_ips"], r["t_ips"]), f"{r['compile_s']:.1f}"])
+    bc.print_table(headers, rows, title=(
+        f"{target.name}: throughput per signal, batch {batch} (ratio = jaxmia img/s / torch img/s; evals = UNet "
+        "forward (f) + backward (b) passes; FLOP rate = model FLOPs x (f + 2b)/s; thr = PyTorch threads)"))
+
+
+def _rows(text: str) -> list[str]:
+    rows = list(ROWS) if text.strip() == "all" else [r.strip() for r in text.split(",") if r.strip()]
+    unknown = [r for r in rows if r not in ROWS]
+    if unknown or not rows:
+        raise click.BadParameter(f"unknown row(s) {unknown}; known: {', '.join(ROWS)} or 'all'", param_hint="--rows")
+    return rows
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--target", type=click.Choice(bc.TARGETS), default="demo", show_default=True,
+              help="demo: the bundled 0.28M-parameter 8x8 target; cifar: a ddpm-cifar10-32-shaped UNet (35.7M)")
+@click.option("--batch", default=64, show_default=True, help="images per compiled call (a multiple of the devices)")
+@click.option("--reps", default=3, show_default=True, help="timed repetitions per row")
+@click.option("--rows", default=",".join(DEFAULT_ROWS), show_default=True,
+              help=f"comma-separated rows or 'all': {', '.join(ROWS)}")
+@click.option("--count-all/--count-inexact", default=False, show_default=True,
+              help="count every jaxmia row's UNet evaluations as they execute (one extra compile per row), or "
+                   "only the data-dependent NO part (the rest from the registry)")
+@click.option("--check/--no-check", default=True, show_default=True,
+              help="compare every row's jaxmia values with PyTorch's on the timed batch before timing it")
+@bc.common_options
+def main(target, batch, reps, rows, count_all, check, cpu_devices, torch_threads, torch_device, precision,
+         peak_tflops):
+    row_list = _rows(rows)
+    session = bc.start("bench_features", cpu_devices, torch_threads, torch_device, precision)
+    bench_target(bc.load_target(target, batch), reps, row_list, session, peak_tflops, count_all, check)
+
+
+if __name__ == "__main__":
+    main()
