@@ -135,8 +135,8 @@ def bench_config(target, batch, cfg, reps, session, tmodel, flops, peak_tflops, 
 
     # agreement before timing: the first batch, PyTorch fed jaxmia's masks and draws
     jax_scores = runner.run()
-    noise = torch.as_tensor(np.ascontiguousarray(np.moveaxis(restore_noise(target, cfg, batch, plan.network_calls), -1, -3)),
-                            device=device)
+    noise = restore_noise(target, cfg, batch, plan.network_calls)  # NHWC draws -> NCHW
+    noise = torch.as_tensor(np.ascontiguousarray(np.moveaxis(noise, -1, -3)), device=device)
     ref = torch_drc(noise, upto=batch)
     mse_diff = float(np.max(bc.rel_diff(jax_scores["mse"][:batch], ref["mse"])))
     psnr_diff = float(np.max(np.abs(jax_scores["psnr"][:batch] - ref["psnr"])))
@@ -174,7 +174,8 @@ def bench_config(target, batch, cfg, reps, session, tmodel, flops, peak_tflops, 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--target", type=click.Choice(bc.TARGETS), default="demo", show_default=True)
 @click.option("--images", default=16, show_default=True, help="images restored per repetition")
-@click.option("--batch", default=8, show_default=True, help="images per compiled call (run_drc's default: 8 per device)")
+@click.option("--batch", default=8, show_default=True,
+              help="images per compiled call (run_drc's default: 8 per device)")
 @click.option("--steps", default="50,20", show_default=True, help="sampling steps K to measure (50 = default config)")
 @click.option("--reps", default=2, show_default=True)
 @click.option("--count/--no-count", default=True, show_default=True,

@@ -196,7 +196,8 @@ def agreement(label: str, jax_values, ref, no_reference) -> list[list]:
     exact = [c for c in ref if c in ("dl", "secmi", "pia", "pian") or c.startswith("ml_")]
     if exact:
         diff = max(float(np.max(bc.rel_diff(jax_values[c], ref[c]))) for c in exact)
-        rows.append([label, _names(exact), f"{diff:.1e}", f"{DETERMINISTIC_TOL:.0e}", bc.verdict(diff, DETERMINISTIC_TOL)])
+        tol = DETERMINISTIC_TOL
+        rows.append([label, _names(exact), f"{diff:.1e}", f"{tol:.0e}", bc.verdict(diff, tol)])
     gm = [c for c in ref if c.startswith("gm_")]
     if gm:
         d = np.stack([bc.rel_diff(jax_values[c], ref[c]) for c in gm])

@@ -212,8 +212,8 @@ def bench(target, n_images, batch, timesteps, n_draws, reps, session, peak_tflop
                      "-" if compile_s is None else f"{compile_s:.1f}"])
     bc.print_table(["variant", "img/s", "evals/s", bc.flops_header(peak_tflops), "ratio", "median s", "min s",
                     "compile s"], rows,
-                   title=f"{target.name}: loss sweep (img/s = images with their whole {len(timesteps)} x {n_draws} grid "
-                         f"done per second; evals/s = UNet forwards per second; ratio = img/s / {torch_label}'s; "
+                   title=f"{target.name}: loss sweep (img/s = images with their whole {len(timesteps)} x {n_draws} "
+                         f"grid done per second; evals/s = UNet forwards per second; ratio = img/s / {torch_label}'s; "
                          "loss_sweep() reuses scan's compiled program)")
     print(f"   load average at the end: {bc.load_average()}\n", flush=True)
 
