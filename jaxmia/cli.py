@@ -6,6 +6,7 @@ All logic lives in importable modules; each command here is a thin wrapper.
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import click
 
@@ -36,6 +37,23 @@ def main():
 # ---- commands are registered below, one block per area --------------------------------------
 
 
+def model_options(command):
+    """``--scheduler`` and ``--family``: what every command that takes MODEL accepts."""
+    command = click.option(
+        "--family", default=None, metavar="NAME",
+        help="Model family (configs/families/NAME.toml, or a .toml path): fills what the folder lacks "
+             "(e.g. no scheduler config) and refuses what disagrees.")(command)
+    return click.option(
+        "--scheduler", default=None, type=click.Path(exists=True), metavar="PATH",
+        help="A scheduler_config.json, or a folder holding one, to use instead of the model folder's.")(command)
+
+
+def load_model(model, scheduler, family):
+    from jaxmia.models import load_denoiser
+
+    return load_denoiser(model, scheduler=scheduler, family=family)
+
+
 # ---- drc: degrade, restore, compare ----------------------------------------------------------
 
 
@@ -60,19 +78,20 @@ def _float_list(text: str, option: str) -> tuple:
 @click.option("--ratios", default=None, help="Hole ratios, comma-separated [0.1,0.2,0.3,0.4,0.5].")
 @click.option("--kinds", default=None, help="Mask kinds: center, rect, patches [center,patches].")
 @click.option("--evidence", default=4, show_default=True, type=int, help="Images with evidence PNGs.")
-def drc_command(model, data, out_dir, seed, batch_size, per_device_batch, steps, strength, eta, ratios, kinds, evidence):
+@model_options
+def drc_command(model, data, out_dir, seed, batch_size, per_device_batch, steps, strength, eta, ratios, kinds, evidence,
+                scheduler, family):
     """DRC-style membership scores: degrade MODEL's view of DATA, restore, compare.
 
     Writes OUT/drc_scores.npz (one column per metric and task) and evidence PNGs.
     """
     from jaxmia.data import load_dataset
     from jaxmia.drc import DRCConfig, run_drc
-    from jaxmia.models import load_denoiser
 
     overrides = {"steps": steps, "strength": strength, "eta": eta, "kinds": kinds,
                  "ratios": None if ratios is None else _float_list(ratios, "--ratios")}
     cfg = DRCConfig.from_dict({k: v for k, v in overrides.items() if v is not None})
-    denoiser = load_denoiser(model)
+    denoiser = load_model(model, scheduler, family)
     dataset = load_dataset(data, image_shape=denoiser.input_shape)
     result = run_drc(denoiser, dataset, cfg, out_dir, batch_size=batch_size, per_device_batch=per_device_batch,
                      seed=seed, evidence=evidence)
@@ -116,18 +135,18 @@ def _int_list(text: str, option: str) -> tuple:
 @click.option("--process-id", default=None, type=int, help="This process's k in 0..P-1 [$JAX_PROCESS_ID].")
 @click.option("--distributed", is_flag=True,
               help="Join a jax.distributed run detected from TPU pod / SLURM / Open MPI.")
+@model_options
 def features_command(model, data, features, out, seed, batch_size, per_device_batch, mesh, preset, overrides,
-                     coordinator, num_processes, process_id, distributed):
+                     coordinator, num_processes, process_id, distributed, scheduler, family):
     """Extract per-image features of DATA under MODEL into a feature table (resumable, shardable)."""
     from jaxmia.data import load_dataset
     from jaxmia.distributed import extract_sharded, process_layout
     from jaxmia.features import make_config, parse_overrides
-    from jaxmia.models import load_denoiser
 
     layout = process_layout(coordinator, num_processes, process_id, distributed=distributed)  # before any JAX work
     mesh_shape = None if mesh is None else _int_list(mesh, "--mesh")
     cfg = make_config(preset, **parse_overrides(overrides))
-    denoiser = load_denoiser(model)
+    denoiser = load_model(model, scheduler, family)
     dataset = load_dataset(data, image_shape=denoiser.input_shape)
     run = extract_sharded(denoiser, dataset, features, out=out, layout=layout, seed=seed, batch_size=batch_size,
                           per_device_batch=per_device_batch, mesh_shape=mesh_shape, config=cfg)
@@ -211,6 +230,24 @@ def mia_command(scores, labels, out, columns, lower, higher):
 # ---- models: checkpoint conversion -----------------------------------------------------------
 
 
+@main.command("inspect")
+@click.argument("model")
+@model_options
+@click.option("--json", "as_json", is_flag=True, help="Print the description as JSON.")
+def inspect_command(model, scheduler, family, as_json):
+    """What jaxmia finds in MODEL and will use: class, parameters, shapes, schedule and its source file,
+    prediction type, conditioning, latent codec and scale, weights digest."""
+    import json
+
+    from jaxmia.models.summary import describe_model, format_description
+
+    description = describe_model(model, scheduler=scheduler, family=family)
+    if as_json:
+        click.echo(json.dumps(description, indent=2))
+    else:
+        click.echo("\n".join(format_description(description)))
+
+
 @main.command("convert")
 @click.argument("src", type=click.Path(exists=True))
 @click.option("--to", "dst", required=True, type=click.Path(), help="New (or empty) output folder.")
@@ -275,13 +312,16 @@ def _print_verdict(label: str, report: dict) -> None:
 @click.option("--batch-size", type=int, default=None)
 @click.option("--set", "sets", multiple=True, help="override SECTION.FIELD=VALUE, e.g. cdi.permutations=200")
 @click.option("--quiet", is_flag=True, help="no progress output")
+@model_options
 def audit_command(model, published, unpublished, out_dir, config_file, features, n, alpha, seed, batch_size, sets,
-                  quiet):
+                  quiet, scheduler, family):
     """Audit MODEL: was it trained on the published set P? Writes report.json and report.html."""
     from jaxmia.audit import run_audit
 
     cfg = _audit_config(config_file, sets, audit__features=features, audit__n=n, cdi__alpha=alpha,
-                        audit__seed=seed, audit__batch_size=batch_size)
+                        audit__seed=seed, audit__batch_size=batch_size,
+                        audit__scheduler=None if scheduler is None else str(Path(scheduler).resolve()),
+                        audit__family=family)
     report = run_audit(model, published, unpublished, out_dir, cfg, quiet=quiet)
     _print_verdict("verdict", report)
     click.echo(f"report: {report['outputs']['html']}")

@@ -15,6 +15,9 @@ References:
 
 from __future__ import annotations
 
+import hashlib
+import json
+
 import math
 from typing import Any, Mapping
 
@@ -159,6 +162,17 @@ def schedule_to_config(schedule: Schedule) -> dict:
         "clip_sample_range": schedule.clip_sample_range,
         "variance_type": "fixed_small",
     }
+
+
+def schedule_digest(schedule: Schedule) -> str:
+    """SHA-256 of what the schedule computes (ā table, β table, prediction type, clipping): part of a
+    run's identity beside the weights digest, so a run under another schedule is never resumed."""
+    digest = hashlib.sha256()
+    for table in (schedule.alphas_cumprod, schedule.betas):
+        digest.update(np.ascontiguousarray(np.asarray(table, "<f4")).tobytes())
+    digest.update(json.dumps([schedule.num_train_timesteps, schedule.prediction_type, schedule.clip_sample,
+                              schedule.clip_sample_range]).encode())
+    return digest.hexdigest()
 
 
 def alpha_bar(schedule: Schedule, t) -> jnp.ndarray:

@@ -21,6 +21,7 @@ from jaxmia.models import (
 from jaxmia.models.convert import check_params
 from jaxmia.models.unet2d import abstract_params
 from jaxmia.models import io as model_io
+from jaxmia.models import layout as model_layout
 from unet_oracle import TINY, saved, torch_unet
 
 torch = pytest.importorskip("torch")
@@ -346,15 +347,15 @@ def test_load_denoiser_from_pipeline_and_model_folders(pipeline):
 
 
 def test_load_denoiser_demo(tmp_path, pipeline, monkeypatch):
-    monkeypatch.setattr(model_io, "DEMO_TARGET", pipeline)
+    monkeypatch.setattr(model_layout, "DEMO_TARGET", pipeline)
     assert load_denoiser("demo").digest == load_denoiser(pipeline).digest
-    monkeypatch.setattr(model_io, "DEMO_TARGET", tmp_path / "absent")
+    monkeypatch.setattr(model_layout, "DEMO_TARGET", tmp_path / "absent")
     with pytest.raises(FileNotFoundError, match="demo target"):
         load_denoiser("demo")
 
 
 def test_load_denoiser_refusals(tmp_path, pipeline, tiny_folder):
-    with pytest.raises(FileNotFoundError, match="scheduler_config.json.*schedule="):
+    with pytest.raises(FileNotFoundError, match="scheduler_config.json.*--scheduler PATH.*--family NAME"):
         load_denoiser(tiny_folder)
     (pipeline / "scheduler" / "scheduler_config.json").unlink()
     with pytest.raises(FileNotFoundError, match="no scheduler config"):
@@ -365,7 +366,7 @@ def test_load_denoiser_refusals(tmp_path, pipeline, tiny_folder):
         load_denoiser(tmp_path / "nowhere")
     index = json.loads((pipeline / "model_index.json").read_text())
     (pipeline / "model_index.json").write_text(json.dumps({**index, "vqvae": ["diffusers", "VQModel"]}))
-    with pytest.raises(ValueError, match="latent pipeline.*vqvae"):
+    with pytest.raises(FileNotFoundError, match="'vqvae' component \\(VQModel\\) is missing"):
         load_denoiser(pipeline, schedule=sched.make_schedule())
     config = json.loads((tiny_folder / "config.json").read_text())
     (tiny_folder / "config.json").write_text(json.dumps({**config, "sample_size": None}))

@@ -45,6 +45,8 @@ class AuditSettings:
       mia_attacks: single-image attack columns evaluated for context (lower = member).
       drc_images: images per side restored for the DRC evidence (0 disables).
       resize, on_error: how image folders are read (see :mod:`jaxmia.data.folder`).
+      scheduler: a scheduler config (file or folder) used instead of the model folder's (``--scheduler``).
+      family: the model family (``--family``; see :mod:`jaxmia.models.families`).
     """
 
     features: str = "cdi"
@@ -58,6 +60,8 @@ class AuditSettings:
     drc_images: int = 4
     resize: str = "refuse"
     on_error: str = "refuse"
+    scheduler: Optional[str] = None
+    family: Optional[str] = None
 
     def __post_init__(self):
         if self.n is not None and self.n < 5:

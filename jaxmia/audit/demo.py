@@ -12,29 +12,13 @@ from pathlib import Path
 from jaxmia.audit.config import AuditConfig, load_config
 from jaxmia.audit.run import run_audit
 
-DEMO_CONFIG = Path(__file__).resolve().parent.parent.parent / "configs" / "experiments" / "demo.toml"
+# Shipped inside the package (jaxmia/configs, also reachable as configs/ at the repository root).
+DEMO_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "experiments" / "demo.toml"
 
 
 def demo_config(path=None, overrides=None) -> AuditConfig:
-    """The demo's config: ``path``, else ``configs/experiments/demo.toml`` in a source checkout, else
-    its twin :data:`DEMO_SECTIONS` (an installed package has no ``configs/``); then ``overrides``."""
-    if path is None and DEMO_CONFIG.is_file():
-        path = DEMO_CONFIG
-    if path is not None:
-        return load_config(path, overrides)
-    merged = {k: dict(v) for k, v in DEMO_SECTIONS.items()}
-    for section, values in (overrides or {}).items():
-        merged.setdefault(section, {}).update(values)
-    return load_config(None, merged)
-
-
-# Mirrors configs/experiments/demo.toml (a test keeps the two equal) for installs without the repo.
-DEMO_SECTIONS = {
-    "audit": {"features": "cdi", "n": 100, "seed": 0, "batch_size": 64, "null_splits": 200, "drc_images": 3},
-    "features": {"preset": "cdi"},
-    "cdi": {"test": "permutation", "permutations": 1000, "alpha": 0.01, "curve_reps": 200},
-    "drc": {"kinds": ["center", "patches"], "ratios": [0.25], "steps": 20, "strength": 0.5},
-}
+    """The demo's config: ``path``, else the shipped ``configs/experiments/demo.toml``; then ``overrides``."""
+    return load_config(DEMO_CONFIG if path is None else path, overrides)
 
 
 def run_demo(out_dir, config: AuditConfig | None = None, *, quiet: bool = False) -> dict:

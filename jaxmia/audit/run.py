@@ -26,6 +26,7 @@ import numpy as np
 
 from jaxmia import __version__
 from jaxmia.audit.config import AuditConfig
+from jaxmia.schedule import schedule_digest
 from jaxmia.table import FeatureTable, load_table
 
 
@@ -42,7 +43,12 @@ def _load_sets(model, published, unpublished, settings):
     from jaxmia.data import Dataset, load_dataset
     from jaxmia.models import Denoiser, load_denoiser
 
-    denoiser = model if isinstance(model, Denoiser) else load_denoiser(model)
+    if isinstance(model, Denoiser):
+        if settings.scheduler is not None or settings.family is not None:
+            raise ValueError("audit.scheduler / audit.family apply to a model path; this model is a loaded Denoiser")
+        denoiser = model
+    else:
+        denoiser = load_denoiser(model, scheduler=settings.scheduler, family=settings.family)
     shape = denoiser.input_shape
 
     def load(spec):
@@ -68,7 +74,8 @@ def side_features(denoiser, dataset, cfg: AuditConfig, cache_dir: Path, *, quiet
     from jaxmia.features import extract
 
     key = {"ids": _ids_digest(dataset.ids), "features": cfg.audit.features, "config": cfg.features.to_dict(),
-           "seed": cfg.audit.seed, "model": denoiser.digest, "per_device_batch": cfg.audit.per_device_batch}
+           "seed": cfg.audit.seed, "model": denoiser.digest, "per_device_batch": cfg.audit.per_device_batch,
+           "schedule": schedule_digest(denoiser.schedule)}
     name = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
     path = cache_dir / f"features-{name}.npz"
     if path.exists():

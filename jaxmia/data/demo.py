@@ -13,8 +13,9 @@ from pathlib import Path
 
 import numpy as np
 
+from jaxmia.models.layout import DEMO_TARGET  # noqa: F401  (re-exported: jaxmia.data.DEMO_TARGET)
+
 DEMO_SIZE = 8
-DEMO_TARGET = Path(__file__).resolve().parent.parent / "assets" / "demo_target"
 DEMO_SETS = ("members", "nonmembers", "all")
 
 

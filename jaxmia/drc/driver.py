@@ -19,6 +19,7 @@ import jax
 import numpy as np
 
 import jaxmia
+from jaxmia import schedule as sched
 from jaxmia.data import Dataset, iter_batches
 from jaxmia.drc.config import DRCConfig, tasks
 from jaxmia.drc.evidence import evidence_grid, safe_filename, summary_grid
@@ -240,6 +241,7 @@ def _meta(denoiser, dataset, cfg, seed, runner, devices, plan, task_list, fracti
         "feature": "drc",
         "seed": int(seed),
         "model_digest": denoiser.digest,
+        "schedule_digest": sched.schedule_digest(denoiser.schedule),
         "data_source": dataset.source,
         "n_images": int(fractions.shape[0]),
         "batch_size": runner.batch_size,

@@ -26,6 +26,7 @@ import jax
 import numpy as np
 
 from jaxmia import rng
+from jaxmia import schedule as sched
 from jaxmia.progress import Progress
 from jaxmia.features import runner
 from jaxmia.features.config import FeatureConfig, config_diff, flatten_nested, make_config
@@ -79,6 +80,7 @@ def run_identity(names, columns, cfg, seed, denoiser, batch_size, per_device_bat
         "config": cfg.to_dict(),
         "seed": int(seed),
         "model_digest": denoiser.digest,
+        "schedule_digest": sched.schedule_digest(denoiser.schedule),
         "sample_shape": list(denoiser.sample_shape),
         "per_device_batch": int(per_device_batch),
     }

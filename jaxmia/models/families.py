@@ -43,7 +43,8 @@ from typing import Any, Mapping, Optional
 
 from jaxmia import schedule as sched
 
-FAMILIES_DIR = Path(__file__).resolve().parents[2] / "configs" / "families"
+# Shipped inside the package (jaxmia/configs, also reachable as configs/ at the repository root).
+FAMILIES_DIR = Path(__file__).resolve().parents[1] / "configs" / "families"
 
 LATENT_KINDS = ("none", "kl", "vq")
 # Encode modes per latent kind (jaxmia.models.vae.ENCODE_MODES, by autoencoder class).

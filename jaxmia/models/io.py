@@ -38,7 +38,9 @@ import numpy as np
 from flax import serialization, traverse_util
 
 from jaxmia import schedule as sched
+from jaxmia.fileio import read_json
 from jaxmia.models import convert
+from jaxmia.models.layout import DEMO_TARGET, SCHEDULER_HINT, ModelLayout, resolve_layout
 from jaxmia.models.denoiser import COND_KINDS, Denoiser
 from jaxmia.models.unet2d import UNet2DConfig, UNet2DModel, abstract_params
 
@@ -47,13 +49,12 @@ FLAX_WEIGHTS_NAME = "diffusion_flax_model.msgpack"
 SAFETENSORS_NAME = "diffusion_pytorch_model.safetensors"
 SAFETENSORS_INDEX_NAME = "diffusion_pytorch_model.safetensors.index.json"
 SCHEDULER_CONFIG_NAME = "scheduler_config.json"
+AUTOENCODER_CLASSES = ("AutoencoderKL", "VQModel")
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
 LATENT_COMPONENTS = ("vae", "vqvae")
 
 # The diffusers release whose Flax classes read diffusion_flax_model.msgpack (the last with Flax).
 DIFFUSERS_FORMAT_VERSION = "0.39.0"
-
-DEMO_TARGET = Path(__file__).resolve().parent.parent / "assets" / "demo_target"
 
 
 # ==================================================================================================
@@ -148,20 +149,6 @@ def build_unet2d(config: Mapping[str, Any], *, source: str = "config") -> ModelS
 # ==================================================================================================
 # Files
 # ==================================================================================================
-
-
-def read_json(path: Path, *, what: str = "JSON file") -> dict:
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: {what} not found")
-    try:
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ValueError(f"{path}: not valid JSON ({err})") from None
-    if not isinstance(data, dict):
-        raise ValueError(f"{path}: expected a JSON object, got {type(data).__name__}")
-    return data
 
 
 def read_safetensors(path: Path) -> dict[str, np.ndarray]:
@@ -310,57 +297,15 @@ def weights_digest(params) -> str:
 # ==================================================================================================
 
 
-DENOISER_COMPONENTS = ("unet", "transformer")
+def model_roles() -> dict[str, str]:
+    """Every registered class name -> ``denoiser`` or ``autoencoder`` (for :func:`resolve_layout`)."""
+    _ensure_registered()
+    return {name: "autoencoder" if name in AUTOENCODER_CLASSES else "denoiser" for name in MODEL_BUILDERS}
 
 
-class _Layout(NamedTuple):
-    """Where the parts of a model live."""
-
-    model_dir: Path  # the denoiser's model folder
-    scheduler_candidates: list  # scheduler_config.json paths, first existing wins
-    encoder_dir: Optional[Path]  # the autoencoder's model folder (latent pipelines)
-
-
-def _resolve(path) -> _Layout:
-    """The layout of a pipeline folder, a model folder or "demo".
-
-    A pipeline holds one denoiser (``unet/`` or ``transformer/``), optionally one autoencoder
-    (``vae/`` or ``vqvae/``, which makes it a latent pipeline) and ``scheduler/``; components named
-    by ``model_index.json`` must exist.
-    """
-    if isinstance(path, str) and path == "demo":
-        if not DEMO_TARGET.is_dir():
-            raise FileNotFoundError(f"{DEMO_TARGET}: the bundled demo target is missing from this installation")
-        path = DEMO_TARGET
-    path = Path(path)
-    if not path.is_dir():
-        raise FileNotFoundError(f"{path}: model path not found (expected a pipeline or model folder, or 'demo')")
-    index_path = path / "model_index.json"
-    if index_path.is_file() or any((path / name).is_dir() for name in DENOISER_COMPONENTS):
-        index = read_json(index_path, what="pipeline index") if index_path.is_file() else {}
-        denoisers = [name for name in DENOISER_COMPONENTS if name in index or (path / name).is_dir()]
-        if not denoisers:
-            raise ValueError(f"{index_path}: no denoiser component ({' or '.join(map(repr, DENOISER_COMPONENTS))})")
-        if len(denoisers) > 1:
-            raise ValueError(f"{path}: two denoiser components ({', '.join(map(repr, denoisers))}); keep one")
-        if not (path / denoisers[0]).is_dir():
-            raise FileNotFoundError(f"{path / denoisers[0]}: the pipeline's {denoisers[0]} folder is missing")
-        latents = [name for name in LATENT_COMPONENTS if name in index or (path / name).is_dir()]
-        if len(latents) > 1:
-            raise ValueError(f"{path}: two autoencoder components ({', '.join(map(repr, latents))}); keep one")
-        encoder_dir = path / latents[0] if latents else None
-        if encoder_dir is not None and not encoder_dir.is_dir():
-            raise ValueError(f"{path}: latent pipeline component {latents[0]!r} is listed in {index_path.name} but "
-                             f"{encoder_dir} is missing")
-        return _Layout(path / denoisers[0], [path / "scheduler" / SCHEDULER_CONFIG_NAME], encoder_dir)
-    if (path / CONFIG_NAME).is_file():
-        siblings = [name for name in LATENT_COMPONENTS if (path.parent / name).is_dir()]
-        if path.name in DENOISER_COMPONENTS and siblings:
-            raise ValueError(f"{path}: the denoiser of a latent pipeline (beside {siblings[0]}/); load the pipeline "
-                             f"folder {path.parent} instead")
-        return _Layout(path, [path / SCHEDULER_CONFIG_NAME, path.parent / "scheduler" / SCHEDULER_CONFIG_NAME], None)
-    raise FileNotFoundError(f"{path}: neither a pipeline folder (unet/ or transformer/, scheduler/) nor a model "
-                            f"folder ({CONFIG_NAME} + weights)")
+def resolve(path, *, scheduler=None) -> ModelLayout:
+    """The :class:`~jaxmia.models.layout.ModelLayout` of ``path`` with every registered class known."""
+    return resolve_layout(path, roles=model_roles(), scheduler=scheduler)
 
 
 def _same_value(a, b) -> bool:
@@ -399,22 +344,28 @@ def _scheduler_config_with_family(config: dict, family, source) -> dict:
     return merged
 
 
-def _resolve_schedule(schedule, layout: _Layout, family) -> sched.Schedule:
+def _resolve_schedule(schedule, layout: ModelLayout, family) -> tuple[sched.Schedule, str]:
+    """The schedule and where it came from: ``schedule=``, the layout's scheduler config (checked
+    against the family, which fills keys the file lacks), else the family's reference schedule."""
     if schedule is not None:
         if not isinstance(schedule, sched.Schedule):
             raise TypeError(f"schedule must be a jaxmia.schedule.Schedule, got {type(schedule).__name__}")
-        return schedule
-    found = next((p for p in layout.scheduler_candidates if p.is_file()), None)
+        return schedule, "given as a Schedule"
+    found = layout.scheduler_config
     if found is None:
         if family is not None:
-            return family.make_schedule()
-        raise FileNotFoundError(f"no scheduler config for {layout.model_dir} (looked for "
-                                f"{', '.join(map(str, layout.scheduler_candidates))}); pass schedule=... or "
-                                f"family=... explicitly")
+            return family.make_schedule(), f"model family {family.name!r} ({family.path})"
+        from jaxmia.models.families import list_families
+
+        raise FileNotFoundError(f"{layout.model_dir}: no scheduler config (looked for "
+                                f"{', '.join(map(str, layout.scheduler_searched))}); {SCHEDULER_HINT}; known "
+                                f"families: {', '.join(list_families())}")
     config = read_json(found, what="scheduler config")
+    how = f"{found} ({layout.scheduler_source})"
     if family is not None:
         config = _scheduler_config_with_family(config, family, found)
-    return sched.schedule_from_config(config, source=str(found))
+        how += f", checked against model family {family.name!r}"
+    return sched.schedule_from_config(config, source=str(found)), how
 
 
 def _check_family_denoiser(family, cond_kind: str, learned_sigma: bool, latent: bool, source) -> None:
@@ -430,7 +381,7 @@ def _check_family_denoiser(family, cond_kind: str, learned_sigma: bool, latent: 
         refuse("learned_sigma", learned_sigma, family.learned_sigma)
 
 
-def _latent_codec(layout: _Layout, family, encode: Optional[str], quantize_on_decode: bool):
+def _latent_codec(layout: ModelLayout, family, encode: Optional[str], quantize_on_decode: bool):
     """(codec, encoder params, encoder digest) of a latent pipeline's autoencoder."""
     from jaxmia.models import vae  # imports this module: a lazy import
 
@@ -463,16 +414,20 @@ def _is_autoencoder(spec: ModelSpec) -> bool:
     return vae.is_autoencoder(spec)
 
 
-def load_denoiser(path, *, schedule: Optional[sched.Schedule] = None, family=None, encode: Optional[str] = None,
-                  quantize_on_decode: bool = True) -> Denoiser:
+def load_denoiser(path, *, schedule: Optional[sched.Schedule] = None, scheduler=None, family=None,
+                  encode: Optional[str] = None, quantize_on_decode: bool = True) -> Denoiser:
     """Loads a diffusion model (pixel-space or latent) as a :class:`Denoiser`.
 
     Args:
-      path: a pipeline folder (``unet/`` or ``transformer/``, ``scheduler/scheduler_config.json``,
-        for latent models ``vae/`` or ``vqvae/``; optionally ``model_index.json``); a pixel-space
-        model folder (``config.json`` + weights) with ``scheduler_config.json`` beside it or in
-        ``../scheduler/``; or ``"demo"`` for the bundled demo target (:data:`DEMO_TARGET`).
+      path: a pipeline folder (``model_index.json`` naming its components, or component folders
+        recognised by their ``config.json``: the denoiser, for latent models the autoencoder, the
+        scheduler); a pixel-space model folder (``config.json`` + weights) with
+        ``scheduler_config.json`` beside ``config.json``, in ``scheduler/`` inside it or in
+        ``../scheduler/``; or ``"demo"`` for the bundled demo target (:data:`DEMO_TARGET`). See
+        :mod:`jaxmia.models.layout`.
       schedule: the noise schedule; overrides the scheduler config (and the family) when given.
+      scheduler: a ``scheduler_config.json`` (or a folder holding one) to use instead of the
+        folder's own (the CLI's ``--scheduler``).
       family: a model family name (``configs/families/<name>.toml``) or
         :class:`~jaxmia.models.families.Family`. It fills what the folder lacks (a missing
         scheduler config or key, e.g. U-ViT's ``first_index_clean``; an absent ``scaling_factor``)
@@ -493,9 +448,16 @@ def load_denoiser(path, *, schedule: Optional[sched.Schedule] = None, family=Non
       ``encode_fn``/``decode_fn``/``encoder_params`` set, ``x0_clip=None``, and ``digest`` covers
       both networks, the encode mode and the latent scale.
     """
+    return _load_denoiser(path, schedule=schedule, scheduler=scheduler, family=family, encode=encode,
+                          quantize_on_decode=quantize_on_decode)[0]
+
+
+def _load_denoiser(path, *, schedule=None, scheduler=None, family=None, encode=None,
+                   quantize_on_decode=True) -> tuple[Denoiser, dict]:
+    """:func:`load_denoiser`, plus what was found where (for ``jaxmia inspect`` and reports)."""
     from jaxmia.models import families as model_families
 
-    layout = _resolve(path)
+    layout = resolve(path, scheduler=scheduler)
     fam = None if family is None else model_families.load_family(family)
     if encode is not None and layout.encoder_dir is None:
         raise ValueError(f"{layout.model_dir}: encode={encode!r} applies to latent pipelines only")
@@ -516,13 +478,15 @@ def load_denoiser(path, *, schedule: Optional[sched.Schedule] = None, family=Non
     learned_sigma = spec.out_channels == 2 * channels
     if fam is not None:
         _check_family_denoiser(fam, spec.cond_kind, learned_sigma, layout.encoder_dir is not None, source)
-    schedule = _resolve_schedule(schedule, layout, fam)
+    schedule, schedule_source = _resolve_schedule(schedule, layout, fam)
+    info = {"layout": layout, "spec": spec, "family": fam, "schedule_source": schedule_source, "codec": None}
     common = dict(params=params, schedule=schedule, apply_fn=spec.apply_fn, sample_shape=tuple(spec.sample_shape),
                   cond_kind=spec.cond_kind, learned_sigma=learned_sigma)
     if layout.encoder_dir is None:
-        return Denoiser(**common, x0_clip=1.0, digest=weights_digest(params))
+        return Denoiser(**common, x0_clip=1.0, digest=weights_digest(params)), info
 
     codec, encoder_params, encoder_digest = _latent_codec(layout, fam, encode, quantize_on_decode)
+    info["codec"] = codec
     if codec.latent_channels != channels:
         raise ValueError(f"{source}: the denoiser takes {channels} channels but the autoencoder in "
                          f"{layout.encoder_dir} makes {codec.latent_channels}-channel latents")
@@ -537,7 +501,7 @@ def load_denoiser(path, *, schedule: Optional[sched.Schedule] = None, family=Non
         decode_fn=codec.decode_fn,
         image_shape=codec.image_shape(spec.sample_shape),
         digest=hashlib.sha256(identity.encode()).hexdigest(),
-    )
+    ), info
 
 
 # ==================================================================================================
