@@ -162,7 +162,7 @@ def test_user_holes_and_embedding_cosine(tmp_path, rng):
 
 def test_cli_drc(tmp_path, rng, monkeypatch):
     x_star = rng.uniform(-1, 1, (2, 8, 8, 1)).astype(np.float32)
-    monkeypatch.setattr(jaxmia.models, "load_denoiser", lambda path: analytic_denoiser(x_star, SCHEDULE))
+    monkeypatch.setattr(jaxmia.models, "load_denoiser", lambda path, **kw: analytic_denoiser(x_star, SCHEDULE))
     npz = tmp_path / "data.npz"
     write_npz(npz, ["p0", "p1", "u0"], np.concatenate([x_star, -x_star[:1]]))
     result = CliRunner().invoke(main, ["drc", "fake-model", str(npz), "--out", str(tmp_path / "out"), "--steps", "2",

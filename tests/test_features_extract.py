@@ -241,7 +241,7 @@ def test_cli_features_command(den, data, tmp_path, monkeypatch):
     import jaxmia.models
     from jaxmia.cli import main
 
-    monkeypatch.setattr(jaxmia.models, "load_denoiser", lambda path: den)
+    monkeypatch.setattr(jaxmia.models, "load_denoiser", lambda path, **kw: den)
     monkeypatch.setattr(jaxmia.data, "load_dataset", lambda spec, image_shape=None: data)
     out = tmp_path / "feat.npz"
     result = CliRunner().invoke(main, ["features", "tiny", "tiny-data", "--features", "multi_loss", "--out", str(out),
