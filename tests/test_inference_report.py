@@ -96,8 +96,13 @@ def test_evaluate_mia_orientation_and_labels(rng, tmp_path):
     y = np.r_[np.ones(n // 2), np.zeros(n // 2)].astype(int)
     loss = rng.normal(size=n) - 0.8 * y  # lower = member
     other = rng.normal(size=n) + 0.8 * y  # higher = member, unknown name
-    table = FeatureTable([f"x{i}" for i in range(n + 5)], ("dl", "custom"), np.c_[np.r_[loss, np.zeros(5)], np.r_[other, np.zeros(5)]])
+    values = np.c_[np.r_[loss, np.zeros(5)], np.r_[other, np.zeros(5)]]
     labels = {f"x{i}": int(y[i]) for i in range(n)}
+    # a column name alone never implies a direction: it comes from the table's metadata or the caller
+    bare = FeatureTable([f"x{i}" for i in range(n + 5)], ("dl", "custom"), values)
+    with pytest.raises(ValueError, match="orientation of score column 'dl' is unknown"):
+        evaluate_mia(bare, labels)
+    table = FeatureTable(bare.ids, bare.names, values, {"lower_is_member": ["dl"]})
     with pytest.raises(ValueError, match="orientation of score column 'custom' is unknown"):
         evaluate_mia(table, labels)
     r = evaluate_mia(table, labels, higher_is_member=["custom"])
@@ -133,7 +138,8 @@ def test_cli_cdi_and_mia(rng, tmp_path):
     assert res.exit_code == 2 and "feature table not found" in res.output
 
     scores = FeatureTable(list(p.ids) + list(u.ids), ("dl", "cdi_score"),
-                          np.c_[np.r_[-p.values[:, 0], -u.values[:, 0]], np.r_[p.values[:, 1], u.values[:, 1]]])
+                          np.c_[np.r_[-p.values[:, 0], -u.values[:, 0]], np.r_[p.values[:, 1], u.values[:, 1]]],
+                          {"lower_is_member": ["dl"], "higher_is_member": ["cdi_score"]})
     save_table(scores, tmp_path / "scores.npz")
     (tmp_path / "labels.json").write_text(json.dumps({**{i: 1 for i in p.ids}, **{i: 0 for i in u.ids}}))
     mout = tmp_path / "mia"

@@ -47,6 +47,9 @@ class AuditSettings:
       resize, on_error: how image folders are read (see :mod:`jaxmia.data.folder`).
       scheduler: a scheduler config (file or folder) used instead of the model folder's (``--scheduler``).
       family: the model family (``--family``; see :mod:`jaxmia.models.families`).
+      duplicates: images with identical pixels within P or within U (they count the same evidence
+        twice): ``drop`` all but one of each group, ``refuse``, or ``keep``. Images shared by P and U
+        are always refused (:mod:`jaxmia.data.duplicates`).
     """
 
     features: str = "cdi"
@@ -62,12 +65,15 @@ class AuditSettings:
     on_error: str = "refuse"
     scheduler: Optional[str] = None
     family: Optional[str] = None
+    duplicates: str = "drop"
 
     def __post_init__(self):
         if self.n is not None and self.n < 5:
             raise ValueError(f"audit.n={self.n}: need at least 5 images per side (5 folds)")
         if self.batch_size < 1 or (self.per_device_batch is not None and self.per_device_batch < 1):
             raise ValueError("audit.batch_size and audit.per_device_batch must be >= 1")
+        if self.duplicates not in ("drop", "refuse", "keep"):
+            raise ValueError(f"audit.duplicates={self.duplicates!r} is not one of drop, refuse, keep")
         if self.null_splits < 0 or self.drc_images < 0:
             raise ValueError("audit.null_splits and audit.drc_images must be >= 0")
 

@@ -26,6 +26,7 @@ import numpy as np
 
 from jaxmia import __version__
 from jaxmia.audit.config import AuditConfig
+from jaxmia.data.duplicates import check_published_unpublished, describe_record
 from jaxmia.schedule import schedule_digest
 from jaxmia.table import FeatureTable, load_table
 
@@ -60,13 +61,14 @@ def _load_sets(model, published, unpublished, settings):
     overlap = sorted(set(p.ids) & set(u.ids))
     if overlap and p.source == u.source:
         raise ValueError(f"P and U share {len(overlap)} image id(s) (e.g. {overlap[0]!r}); they must be disjoint sets")
+    p, u, checks = check_published_unpublished(p, u, within=settings.duplicates)
     if settings.n is not None:
         for side, ds in (("published", p), ("unpublished", u)):
             if len(ds) < settings.n:
                 raise ValueError(f"{side} set {ds.source}: {len(ds)} images, fewer than audit.n = {settings.n}")
         p = p.take(settings.n, seed=settings.seed)
         u = u.take(settings.n, seed=settings.seed + 1)
-    return denoiser, p, u
+    return denoiser, p, u, checks
 
 
 def side_features(denoiser, dataset, cfg: AuditConfig, cache_dir: Path, *, quiet: bool = False) -> FeatureTable:
@@ -96,10 +98,17 @@ def _mia_context(p_table: FeatureTable, u_table: FeatureTable, attacks) -> dict:
     cols = [a for a in attacks if a in p_table.names and a in u_table.names]
     if not cols:
         return {}
+    directions = {}
+    for key in ("lower_is_member", "higher_is_member"):
+        p_dir, u_dir = set(p_table.meta.get(key, [])), set(u_table.meta.get(key, []))
+        if p_dir & set(cols) != u_dir & set(cols):
+            raise ValueError(f"P's and U's feature tables disagree on {key} for {sorted((p_dir ^ u_dir) & set(cols))}")
+        directions[key] = sorted(p_dir & set(cols))
     ids = np.concatenate([p_table.ids, u_table.ids])
     values = np.concatenate([p_table.select(cols).values, u_table.select(cols).values])
     labels = {i: 1 for i in p_table.ids.tolist()} | {i: 0 for i in u_table.ids.tolist()}
-    return evaluate_mia(T(ids, tuple(cols), values), labels, lower_is_member=cols)
+    # each column's direction comes from its signal's registration, via the tables' metadata
+    return evaluate_mia(T(ids, tuple(cols), values, directions), labels)
 
 
 def run_audit(model, published, unpublished, out_dir, config: AuditConfig | None = None, *,
@@ -136,7 +145,9 @@ def run_audit(model, published, unpublished, out_dir, config: AuditConfig | None
     timings: dict = {}
     t = time.perf_counter()
 
-    denoiser, p_set, u_set = _load_sets(model, published, unpublished, cfg.audit)
+    denoiser, p_set, u_set, data_checks = _load_sets(model, published, unpublished, cfg.audit)
+    for line in describe_record(data_checks):
+        _say(line, quiet)
     _say(f"P = {p_set.source} ({len(p_set)} images), U = {u_set.source} ({len(u_set)} images)", quiet)
     timings["load"] = time.perf_counter() - t
 
@@ -192,6 +203,7 @@ def run_audit(model, published, unpublished, out_dir, config: AuditConfig | None
         "mia_context": {k: {m: v for m, v in col.items() if m != "scores_oriented"}
                         for k, col in (mia.get("columns") or {}).items()},
         "drc": drc,
+        "data_checks": {"duplicates": data_checks},
         "published": {"source": p_set.source, "n": len(p_set)},
         "unpublished": {"source": u_set.source, "n": len(u_set)},
         "model": {"source": str(model) if not hasattr(model, "digest") else "in-memory Denoiser",
@@ -200,10 +212,9 @@ def run_audit(model, published, unpublished, out_dir, config: AuditConfig | None
         "seed": cfg.audit.seed,
         "versions": _versions(),
         "timings_s": {k: round(v, 2) for k, v in timings.items()},
-        "outputs": {"cdi": cdi_paths, "mia": mia_paths},
+        "outputs": {"cdi": cdi_paths, "mia": mia_paths, "html": str(out / "report.html")},
     }
-    (out / "report.json").write_text(json.dumps(report, indent=2, default=_json_default) + "\n")
-    report["outputs"]["html"] = str(write_html_report(report, out / "report.html"))
+    write_html_report(report, out / "report.html")
     (out / "report.json").write_text(json.dumps(report, indent=2, default=_json_default) + "\n")
     return report
 

@@ -236,9 +236,12 @@ def _meta(denoiser, dataset, cfg, seed, runner, devices, plan, task_list, fracti
             "name": t.name, "kind": t.kind, "ratio": t.ratio, "index": t.index,
             "hole_fraction": {"mean": float(f.mean()), "min": float(f.min()), "max": float(f.max())},
         })
+    by_metric = {m: [f"drc_{m}_{t.name}" for t in task_list] for m in cfg.metrics}
     return {
         "method": METHOD_LABEL,
         "feature": "drc",
+        "lower_is_member": [c for m, cols in by_metric.items() if ORIENTATION[m] < 0 for c in cols],
+        "higher_is_member": [c for m, cols in by_metric.items() if ORIENTATION[m] > 0 for c in cols],
         "seed": int(seed),
         "model_digest": denoiser.digest,
         "schedule_digest": sched.schedule_digest(denoiser.schedule),

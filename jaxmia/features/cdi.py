@@ -45,6 +45,7 @@ def _cdi_work(cfg, requested) -> dict[str, Cost]:
 @register_feature(
     "cdi",
     columns=cdi_columns,
+    direction=lambda cfg: {c: d for part in CDI_PARTS for c, d in get_feature(part).directions(cfg).items()},
     work=_cdi_work,
     host_columns=lambda cfg: get_feature("noise_opt").host_columns(cfg),
     host_fn=lambda *args: get_feature("noise_opt").host_fn(*args),

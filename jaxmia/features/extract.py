@@ -31,7 +31,8 @@ from jaxmia.progress import Progress
 from jaxmia.features import runner
 from jaxmia.features.config import FeatureConfig, config_diff, flatten_nested, make_config
 from jaxmia.features.keys import SAMPLE_KEY_AXES, SampleKey
-from jaxmia.features.registry import SharedWork, get_feature, parse_features, plan_columns, plan_cost
+from jaxmia.features.registry import (SharedWork, get_feature, parse_features, plan_columns, plan_cost,
+                                     plan_directions)
 from jaxmia.table import FeatureTable, save_table
 
 
@@ -251,6 +252,7 @@ def extract(
     meta = {
         "kind": "features",
         "features": list(names),
+        **plan_directions(names, cfg),
         "config": cfg.to_dict(),
         "seed": int(seed),
         "model_digest": denoiser.digest,

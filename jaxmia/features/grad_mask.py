@@ -86,6 +86,7 @@ def gm_pass_cost(cfg) -> Cost:
 @register_feature(
     "grad_mask",
     columns=gm_columns,
+    direction="none",  # raw CDI features: the scoring model learns their signs (cdi-spec.md §4.9)
     work=lambda cfg, requested: {"gm_pass": gm_pass_cost(cfg)},
 )
 def grad_mask_kernel(denoiser, x0, cond, key, cfg, shared):

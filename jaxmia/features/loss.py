@@ -23,6 +23,7 @@ from jaxmia.features.sweep import error_grid
 @register_feature(
     "loss",
     columns=lambda cfg: ("dl",),
+    direction="lower",  # members are denoised better (Carlini et al. 2023)
     work=lambda cfg, requested: {"dl": Cost(forward=cfg.dl_n_draws)},
 )
 def loss_kernel(denoiser, x0, cond, key, cfg, shared):
@@ -51,7 +52,7 @@ def _ml_work(cfg, requested):
     return {"ml_pass": Cost(forward=len(cfg.ml_timesteps) * cfg.ml_n_draws)}
 
 
-@register_feature("multi_loss", columns=ml_columns, work=_ml_work)
+@register_feature("multi_loss", columns=ml_columns, work=_ml_work, direction="lower")
 def multi_loss_kernel(denoiser, x0, cond, key, cfg, shared):
     """Multiple Loss (cdi-spec.md §4.4): the error at t = 0, 100, ..., 900, one shared draw; columns ml_t000..."""
     if ml_from_gm_pass(cfg, shared.requested):

@@ -262,6 +262,7 @@ def reference_noise_opt(denoiser, x0, cond, root, id_hash, cfg) -> dict:
 @register_feature(
     "noise_opt",
     columns=lambda cfg: NO_COLUMNS,
+    direction=lambda cfg: {"no_loss": "lower", "no_delta_norm": "none"},
     work=_no_work,
     host_columns=_host_columns,
     host_fn=reference_noise_opt,

@@ -51,6 +51,7 @@ def pian_normalise(e0, scale: str):
 @register_feature(
     "pia",
     columns=lambda cfg: ("pia",),
+    direction="lower",
     work=lambda cfg, requested: {"e0": Cost(forward=1), "pia_query": Cost(forward=1)},
 )
 def pia_kernel(denoiser, x0, cond, key, cfg, shared):
@@ -62,6 +63,7 @@ def pia_kernel(denoiser, x0, cond, key, cfg, shared):
 @register_feature(
     "pian",
     columns=lambda cfg: ("pian",),
+    direction="lower",
     work=lambda cfg, requested: {"e0": Cost(forward=1), "pian_query": Cost(forward=1)},
 )
 def pian_kernel(denoiser, x0, cond, key, cfg, shared):

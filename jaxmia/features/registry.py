@@ -13,10 +13,16 @@ Columns that cannot be computed per example (``noise_opt`` with ``no_mode="refer
 batch-coupled by definition) come from an optional host-side ``host_fn`` over the real rows of each
 batch.
 
-Another producer registers itself with :func:`register_feature` (``drc`` does)::
+Every registration states its columns' **direction**: ``"lower"`` (the raw score is smaller for
+training members, like a loss), ``"higher"``, or ``"none"`` (a raw feature with no declared
+direction, e.g. CDI's gradient-masking vector; the scoring model learns its sign). The direction
+travels in the feature table's metadata (``lower_is_member`` / ``higher_is_member``), and an
+attack evaluation of a column without one is an error, never a guess. Another producer registers
+itself with :func:`register_feature`::
 
-    @register_feature("drc", columns=lambda cfg: ("drc",), work=lambda cfg, req: {"drc": Cost(forward=...)})
-    def drc_kernel(denoiser, x0, cond, key, cfg, shared): ...
+    @register_feature("toy", columns=lambda cfg: ("toy",), direction="higher",
+                      work=lambda cfg, req: {"toy": Cost(forward=1)})
+    def toy_kernel(denoiser, x0, cond, key, cfg, shared): ...
 """
 
 from __future__ import annotations
@@ -25,6 +31,8 @@ import dataclasses
 from typing import Callable, Iterable, Mapping, Optional, Sequence
 
 from jaxmia.features.config import FeatureConfig
+
+DIRECTIONS = ("lower", "higher", "none")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,12 +67,15 @@ class FeatureSpec:
       host_fn: ``(denoiser, x0[B], cond[B] | None, root, id_hash[B, 2], cfg) -> {column: (B,)}``,
         run on the real (unpadded) rows of each batch.
       parts: the signals a composite (``cdi``) is made of; they share work with each other.
+      direction: ``cfg -> {column: "lower" | "higher" | "none"}`` for every column (see the module
+        docstring); a composite's is the union of its parts'.
     """
 
     name: str
     kernel: Callable
     columns: Callable[[FeatureConfig], tuple]
     work: Callable[[FeatureConfig, frozenset], Mapping[str, Cost]]
+    direction: Callable[[FeatureConfig], Mapping[str, str]] = lambda cfg: {}
     host_columns: Callable[[FeatureConfig], tuple] = lambda cfg: ()
     host_fn: Optional[Callable] = None
     parts: tuple = ()
@@ -73,6 +84,16 @@ class FeatureSpec:
     def cost(self, cfg: FeatureConfig) -> Cost:
         """UNet evaluations per image when this signal runs alone."""
         return _total(self.work(cfg, expand_requested([self.name])))
+
+    def directions(self, cfg: FeatureConfig) -> dict[str, str]:
+        """Every column's direction; a column the registration leaves out is an error."""
+        got = dict(self.direction(cfg))
+        missing = [c for c in self.columns(cfg) if c not in got]
+        bad = {c: d for c, d in got.items() if d not in DIRECTIONS}
+        if missing or bad:
+            raise ValueError(f"feature {self.name!r}: direction missing for column(s) {missing} or not one of "
+                             f"{', '.join(DIRECTIONS)}: {bad}")
+        return got
 
     def device_columns(self, cfg: FeatureConfig) -> tuple:
         host = set(self.host_columns(cfg))
@@ -87,17 +108,28 @@ def register_feature(
     *,
     columns: Callable[[FeatureConfig], tuple],
     work: Callable[[FeatureConfig, frozenset], Mapping[str, Cost]],
+    direction,
     host_columns: Callable[[FeatureConfig], tuple] | None = None,
     host_fn: Callable | None = None,
     parts: Sequence[str] = (),
 ):
-    """Decorator: registers ``kernel`` under ``name`` (an existing name is an error)."""
+    """Decorator: registers ``kernel`` under ``name`` (an existing name is an error).
+
+    ``direction`` is one of :data:`DIRECTIONS` for every column, or ``cfg -> {column: direction}``.
+    """
+    if isinstance(direction, str):
+        if direction not in DIRECTIONS:
+            raise ValueError(f"feature {name!r}: direction={direction!r} is not one of {', '.join(DIRECTIONS)}")
+        fixed = direction
+        direction = lambda cfg: {c: fixed for c in columns(cfg)}  # noqa: E731
+    elif not callable(direction):
+        raise TypeError(f"feature {name!r}: direction must be a string or cfg -> {{column: direction}}")
 
     def wrap(kernel):
         if name in FEATURES:
             raise ValueError(f"feature {name!r} is already registered")
         FEATURES[name] = FeatureSpec(
-            name=name, kernel=kernel, columns=columns, work=work,
+            name=name, kernel=kernel, columns=columns, work=work, direction=direction,
             host_columns=host_columns or (lambda cfg: ()), host_fn=host_fn, parts=tuple(parts),
             doc=(kernel.__doc__ or "").strip().split("\n")[0],
         )
@@ -153,6 +185,16 @@ def plan_columns(names: Sequence[str], cfg: FeatureConfig) -> tuple[str, ...]:
                 raise ValueError(f"column {c!r} is produced by more than one requested feature ({', '.join(names)})")
             cols.append(c)
     return tuple(cols)
+
+
+def plan_directions(names: Sequence[str], cfg: FeatureConfig) -> dict[str, list[str]]:
+    """The feature table's direction metadata: ``{"lower_is_member": [...], "higher_is_member": [...]}``."""
+    out: dict[str, list[str]] = {"lower_is_member": [], "higher_is_member": []}
+    for n in names:
+        for column, d in get_feature(n).directions(cfg).items():
+            if d != "none":
+                out[f"{d}_is_member"].append(column)
+    return out
 
 
 def plan_work(names: Sequence[str], cfg: FeatureConfig) -> dict[str, Cost]:

@@ -41,6 +41,7 @@ def secmi_error(denoiser, x0, cond, *, t_cmp: int, stride: int, norm: str = "l2"
 @register_feature(
     "secmi",
     columns=lambda cfg: ("secmi",),
+    direction="lower",  # a member's deterministic reverse-forward step is reconstructed better
     work=lambda cfg, requested: {
         "e0": Cost(forward=1),
         "secmi_chain": Cost(forward=cfg.secmi_t_cmp // cfg.secmi_stride - 1 + 2),

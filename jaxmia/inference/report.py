@@ -343,7 +343,8 @@ def write_cdi_report(result: dict, out_dir) -> dict:
     for side in ("published", "unpublished"):
         s = result["scores"][side]
         table = FeatureTable(np.asarray(s["ids"], str), ("cdi_score",), np.asarray(s["scores"], float)[:, None],
-                             {"kind": "cdi_scores", "side": side, "config": result["config"]})
+                             {"kind": "cdi_scores", "side": side, "config": result["config"],
+                              "higher_is_member": ["cdi_score"]})
         paths[f"scores_{side}"] = str(save_table(table, out / f"scores_{side}.npz"))
     paths["score_histogram"] = str(
         plots.plot_score_histograms(
@@ -372,11 +373,6 @@ def cdi_from_files(published, unpublished, out_dir, config: CdiConfig | None = N
 
 
 # ---- labelled MIA evaluation ------------------------------------------------------------------------
-
-# Raw scores that are lower for members (mia-methods.md §1 "Orientation"; cdi-spec.md §4).
-KNOWN_LOWER_IS_MEMBER = ("dl", "secmi", "pia", "pian", "no_loss") + scoring.ML_FEATURES
-KNOWN_HIGHER_IS_MEMBER = ("cdi_score",)
-
 
 def load_labels(path) -> dict[str, int]:
     """Reads a labels file: a JSON object mapping id → 1 (member) or 0 (non-member)."""
@@ -408,10 +404,8 @@ def _orientation(name: str, table: FeatureTable, lower: set, higher: set) -> boo
         return True
     if name in meta_higher:
         return False
-    if name in KNOWN_LOWER_IS_MEMBER:
-        return True
-    if name in KNOWN_HIGHER_IS_MEMBER:
-        return False
+    # A direction comes from the signal's registration (carried in the table's metadata) or from
+    # the user; a column name alone is never trusted to imply one.
     raise ValueError(
         f"orientation of score column {name!r} is unknown: say whether lower or higher means member "
         "(lower_is_member / higher_is_member, CLI --lower-is-member / --higher-is-member)"
@@ -435,8 +429,8 @@ def evaluate_mia(
         without a label are left out and counted in the result.
       columns: the score columns to evaluate (default: all).
       lower_is_member, higher_is_member: orientation per column; otherwise the table's meta
-        (``lower_is_member`` / ``higher_is_member`` lists), then the known CDI/MIA names; an unknown
-        orientation is an error.
+        (``lower_is_member`` / ``higher_is_member`` lists, written from each signal's registration);
+        an unknown orientation is an error.
 
     Returns:
       ``{"kind": "mia", "n_members", "n_nonmembers", "unlabelled_rows_ignored", "columns": {name:

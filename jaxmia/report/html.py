@@ -64,6 +64,14 @@ def write_html_report(report: dict, path) -> Path:
         "default test is calibrated by construction (a permutation test of the whole scoring pipeline), so "
         "p &lt; 0.01 happens for an innocent model at most 1% of the time.</p>",
     ]
+    dup = (report.get("data_checks") or {}).get("duplicates")
+    if dup:
+        counts = {side: dup[side]["duplicates"] for side in ("published", "unpublished")}
+        action = {"drop": "dropped, one of each kept", "keep": "kept", "refuse": "refused"}[dup["policy_within_side"]]
+        parts.append(
+            "<h2>The images</h2><p>No image appears in both P and U (compared by pixel content, whatever the file "
+            f"names). Duplicates within a set, which would count the same evidence twice: {counts['published']} in P, "
+            f"{counts['unpublished']} in U ({action}).</p>")
     if null:
         parts += [
             "<h2>Does the test accuse innocent models?</h2>",
