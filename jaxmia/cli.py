@@ -251,21 +251,38 @@ def inspect_command(model, scheduler, family, as_json):
 @main.command("convert")
 @click.argument("src", type=click.Path(exists=True))
 @click.option("--to", "dst", required=True, type=click.Path(), help="New (or empty) output folder.")
-@click.option("--format", "fmt", default="auto", show_default=True,
-              type=click.Choice(["auto", "pytorch-ddpm", "diffusers"]),
-              help="auto: a file is a pytorch-ddpm checkpoint, a folder a diffusers PyTorch folder.")
+@click.option("--format", "fmt", default="auto", show_default=True, metavar="FORMAT",
+              help="auto (a file is a pytorch-ddpm checkpoint, a folder a diffusers PyTorch folder), pytorch-ddpm, "
+                   "diffusers, or an official checkpoint format: dit, uvit, uvit_t2i, ldm (docs/models.md).")
+@click.option("--option", "options", multiple=True, metavar="KEY=VALUE",
+              help="An option of an official format (repeatable), e.g. --option vae=PATH; unknown keys are refused.")
+@click.option("--torch-legacy", is_flag=True,
+              help="Official formats: read a legacy (pre-zip) torch pickle with torch.load(weights_only=True).")
 @click.option("--ema/--no-ema", default=True, show_default=True, help="pytorch-ddpm: ema_model or net_model weights.")
 @click.option("--flagfile", type=click.Path(dir_okay=False), default=None,
               help="pytorch-ddpm: the run's absl flagfile [flagfile.txt beside SRC].")
 @click.option("--assume-cifar10-defaults", is_flag=True,
               help="pytorch-ddpm: use the CIFAR-10 hyperparameters for flags the flagfile lacks (or with no flagfile).")
-def convert_command(src, dst, fmt, ema, flagfile, assume_cifar10_defaults):
-    """Convert a pytorch-ddpm .pt or a diffusers PyTorch folder into a folder jaxmia loads (Flax msgpack)."""
+def convert_command(src, dst, fmt, ema, flagfile, assume_cifar10_defaults, options, torch_legacy):
+    """Convert a checkpoint into a folder jaxmia loads (Flax msgpack): pytorch-ddpm .pt, a diffusers PyTorch
+    folder, or the official checkpoints of DiT, U-ViT and CompVis LDM (read without torch, nothing runs)."""
+    import json
+
     from jaxmia.models.io import convert_checkpoint
 
+    parsed = {}
+    for item in options:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"--option {item!r}: expected KEY=VALUE")
+        parsed[key.strip()] = value
     result = convert_checkpoint(src, dst, format=fmt, ema=ema, flagfile=flagfile,
-                                assume_cifar10_defaults=assume_cifar10_defaults)
-    if result["format"] == "pytorch-ddpm":
+                                assume_cifar10_defaults=assume_cifar10_defaults, options=parsed,
+                                torch_legacy=torch_legacy)
+    if result["format"] not in ("pytorch-ddpm", "diffusers"):
+        click.echo(f"convert: {src} -> {dst} ({result['format']})")
+        click.echo(json.dumps({k: v for k, v in result.items() if k != "format"}, indent=2, default=str))
+    elif result["format"] == "pytorch-ddpm":
         click.echo(f"convert: {src} [{result['weights']}] -> {dst} (pytorch-ddpm, {result['n_params']:,} params, "
                    f"flags: {result['flags']}; weights sha256 {result['weights_digest'][:16]}...)")
     else:

@@ -122,3 +122,47 @@ def test_flat_state_dict_picks_key_and_prefix():
         flat_state_dict(ckpt, source="f", key="ema")
     with pytest.raises(ValueError, match="'global_step' is a int"):
         flat_state_dict({"global_step": 0}, source="f")
+
+
+def test_legacy_opt_in_reaches_readers_through_the_context(tmp_path):
+    from jaxmia.models.torch_checkpoint import legacy_pickles_allowed
+
+    torch.save({"w": torch.arange(2.0)}, tmp_path / "legacy.pt", _use_new_zipfile_serialization=False)
+    with legacy_pickles_allowed():
+        np.testing.assert_array_equal(read_torch_checkpoint(tmp_path / "legacy.pt")["w"], [0, 1])
+    with pytest.raises(ValueError, match="legacy"):
+        read_torch_checkpoint(tmp_path / "legacy.pt")
+
+
+def test_official_format_registry_dispatch_and_option_checks(tmp_path):
+    from click.testing import CliRunner
+
+    from jaxmia.cli import main
+    from jaxmia.models import official
+    from jaxmia.models.torch_checkpoint import read_torch_checkpoint as read
+
+    seen = {}
+
+    @official.register_format("toy_fmt", "a test format", options={"scale": "a number"})
+    def convert(src, dst, scale="1"):
+        seen.update(src=src, dst=dst, scale=scale, w=read(src)["w"].tolist())
+        return {"scale": float(scale)}
+
+    try:
+        torch.save({"w": torch.arange(3.0)}, tmp_path / "legacy.pt", _use_new_zipfile_serialization=False)
+        runner = CliRunner()
+        result = runner.invoke(main, ["convert", str(tmp_path / "legacy.pt"), "--to", str(tmp_path / "out"),
+                                      "--format", "toy_fmt", "--option", "scale=2.5", "--torch-legacy"])
+        assert result.exit_code == 0, result.output
+        assert seen["scale"] == "2.5" and seen["w"] == [0.0, 1.0, 2.0] and '"scale": 2.5' in result.output
+        result = runner.invoke(main, ["convert", str(tmp_path / "legacy.pt"), "--to", str(tmp_path / "o2"),
+                                      "--format", "toy_fmt", "--option", "colour=red"])
+        assert result.exit_code == 2 and "unknown option(s) 'colour' (known: scale)" in result.output
+        result = runner.invoke(main, ["convert", str(tmp_path / "legacy.pt"), "--to", str(tmp_path / "o3"),
+                                      "--format", "toy_fmt"])
+        assert result.exit_code == 2 and "legacy" in result.output and "--torch-legacy" in result.output
+        result = runner.invoke(main, ["convert", str(tmp_path / "legacy.pt"), "--to", str(tmp_path / "o4"),
+                                      "--option", "scale=1"])
+        assert result.exit_code == 2 and "--option applies to the official formats" in result.output
+    finally:
+        official.FORMATS.pop("toy_fmt")

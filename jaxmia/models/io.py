@@ -589,19 +589,33 @@ def convert_diffusers_folder(src, dst) -> dict:
 
 
 def convert_checkpoint(src, dst, *, format: str = "auto", ema: bool = True, flagfile=None,
-                       assume_cifar10_defaults: bool = False) -> dict:
-    """``jaxmia convert``: a pytorch-ddpm ``.pt`` (:mod:`jaxmia.models.pytorch_ddpm`) or a diffusers
-    PyTorch folder (:func:`convert_diffusers_folder`) into a folder :func:`load_denoiser` reads.
+                       assume_cifar10_defaults: bool = False, options=None, torch_legacy: bool = False) -> dict:
+    """``jaxmia convert``: a pytorch-ddpm ``.pt`` (:mod:`jaxmia.models.pytorch_ddpm`), a diffusers
+    PyTorch folder (:func:`convert_diffusers_folder`) or an official checkpoint of a model CDI audits
+    (:mod:`jaxmia.models.official`: ``--format dit``, ``uvit``, ``ldm``, ...) into a folder
+    :func:`load_denoiser` reads.
 
     ``format="auto"`` picks ``pytorch-ddpm`` for a file and ``diffusers`` for a folder; the choice is
     returned under ``"format"``. ``ema``, ``flagfile`` and ``assume_cifar10_defaults`` apply to
-    pytorch-ddpm only and are refused with ``diffusers``.
+    pytorch-ddpm only and are refused with ``diffusers``. ``options`` (``--option KEY=VALUE``) go to
+    an official format's converter; ``torch_legacy`` lets it read pre-zip torch pickles with
+    ``torch.load(weights_only=True)``.
     """
-    from jaxmia.models import pytorch_ddpm
+    from jaxmia.models import official, pytorch_ddpm
+    from jaxmia.models.torch_checkpoint import legacy_pickles_allowed
 
     src = Path(src)
+    if format in official.FORMATS:
+        if not src.exists():
+            raise FileNotFoundError(f"{src}: conversion source not found")
+        with legacy_pickles_allowed(torch_legacy):
+            return official.convert_official(format, src, dst, options)
+    if options:
+        raise ValueError(f"--option applies to the official formats ({', '.join(sorted(official.FORMATS))}), "
+                         f"not to --format {format}")
     if format not in CONVERT_FORMATS:
-        raise ValueError(f"unknown conversion format {format!r} (known: {', '.join(CONVERT_FORMATS)})")
+        known = ", ".join(list(CONVERT_FORMATS) + sorted(official.FORMATS))
+        raise ValueError(f"unknown conversion format {format!r} (known: {known})")
     if not src.exists():
         raise FileNotFoundError(f"{src}: conversion source not found")
     if format == "auto":

@@ -28,6 +28,8 @@ References: torch ``serialization.py`` (``_save``/``_load``: the zip layout, ``p
 from __future__ import annotations
 
 import collections
+import contextlib
+import contextvars
 import io
 import pickle
 import zipfile
@@ -54,6 +56,22 @@ TORCH_DTYPES = {
 }
 
 _LEGACY_MAGIC = 0x1950A86A20F9469CFC6C  # the first pickled object of a pre-1.6 torch.save file
+
+
+# What allow_legacy=None means: off, unless a caller (``jaxmia convert --torch-legacy``) opted in.
+_LEGACY_ALLOWED = contextvars.ContextVar("jaxmia_torch_legacy_allowed", default=False)
+
+
+@contextlib.contextmanager
+def legacy_pickles_allowed(allowed: bool = True):
+    """Within the block, :func:`read_torch_checkpoint` calls that leave ``allow_legacy`` unset may read
+    legacy (pre-zip) pickles with ``torch.load(weights_only=True)``: how ``--torch-legacy`` reaches
+    converters without every converter taking the flag."""
+    token = _LEGACY_ALLOWED.set(bool(allowed))
+    try:
+        yield
+    finally:
+        _LEGACY_ALLOWED.reset(token)
 
 
 class UnsafeCheckpointError(ValueError):
@@ -242,12 +260,13 @@ def _legacy_with_torch(path: Path):
     return to_numpy(obj)
 
 
-def read_torch_checkpoint(path, *, allow_legacy: bool = False) -> Any:
+def read_torch_checkpoint(path, *, allow_legacy: bool | None = None) -> Any:
     """The object a ``torch.save`` file holds, with every tensor as a NumPy array (see the module docstring).
 
     Args:
       path: a torch zip checkpoint (``.pt``, ``.pth``, ``.ckpt``, ``.bin``).
       allow_legacy: read a pre-1.6 (non-zip) pickle with ``torch.load(weights_only=True)``; needs torch.
+        None (default): as set by :func:`legacy_pickles_allowed` (off unless a caller opted in).
 
     Returns:
       dicts (``collections.OrderedDict`` for state dicts), lists, tuples, numbers and strings as
@@ -260,6 +279,8 @@ def read_torch_checkpoint(path, *, allow_legacy: bool = False) -> Any:
         without ``allow_legacy``.
     """
     path = Path(path)
+    if allow_legacy is None:
+        allow_legacy = _LEGACY_ALLOWED.get()
     if not path.is_file():
         raise FileNotFoundError(f"{path}: checkpoint not found")
     if not zipfile.is_zipfile(path):
