@@ -28,10 +28,13 @@ def _load_script():
 
 
 rdc = _load_script()
-# The notes' file names, taken from the script so that this file holds no old-style citation.
-OLD = {new.rsplit("/", 1)[1]: old for old, new in rdc.OLD_TO_NEW.items() if old != "style.md"}
-CDI_OLD, MIA_OLD, MODELS_OLD, DESIGN_OLD = OLD["cdi.md"], OLD["mia.md"], OLD["models.md"], OLD["design.md"]
-STYLE_OLD = next(old for old in rdc.OLD_TO_NEW if old not in OLD.values())
+# The notes' file names, taken from the script so that this file holds no old-style citation (the
+# rewrite runs over tests/ too and must leave this file as it is).
+_BY_PAGE = {}
+for _old, _new in rdc.OLD_TO_NEW.items():
+    _BY_PAGE.setdefault(_new, []).append(_old)
+(CDI_OLD,), (MIA_OLD,), (MODELS_OLD,) = (_BY_PAGE[f"docs/methods/{p}.md"] for p in ("cdi", "mia", "models"))
+DESIGN_OLD, STYLE_OLD = _BY_PAGE["docs/methods/design.md"]  # the design sketch, then the style lessons
 
 # The section numbers the private notes use (and the code cites): each page must have all of them.
 REQUIRED_SECTIONS = {
@@ -63,8 +66,8 @@ def test_pages_carry_the_notes_section_numbers_and_quirk_labels():
         missing = [n for n in numbers if n not in anchors[page][0]]
         assert not missing, f"docs/methods/{page}.md lacks headings for §{', §'.join(missing)}"
     assert anchors["cdi"][1] == {f"Q{i}" for i in range(1, 12)}
-    text = (ROOT / rdc.METHODS_DIR / "design.md").read_text(encoding="utf-8")
-    assert "\n### Scale\n" in text  # cited by name: 'design.md, "Scale"'
+    text = (ROOT / "docs/methods/design.md").read_text(encoding="utf-8")
+    assert "\n### Scale\n" in text  # cited by name: the design page's "Scale"
 
 
 def test_every_method_page_citation_in_the_repository_resolves():
@@ -118,8 +121,9 @@ def test_rewrite_text_maps_each_note_and_nothing_else():
 
 def test_parser_reads_sections_ranges_quirks_and_links():
     p = "docs/" "methods/"  # split, so that these made-up citations are not the repository's own
+    design = "des" "ign"  # and so that the rewrite does not take "{p}" + this name for a note
     text = (f"see {p}cdi.md §10, Q1–Q5, Q11 and {p}mia.md §2.3–§2.4, §5\n"
-            f"[{p}models.md]({p}models.md) §6-§7; {p}design.md, \"Scale\"\n"
+            f"[{p}models.md]({p}models.md) §6-§7; {p}{design}.md, \"Scale\"\n"
             f"{p}cdi.md §11.6: and {p}cdi.md §3.3–3.4 §99\n")
     got = [(c.line, c.page, c.sections, c.quirks) for c in rdc.new_citations(text)]
     assert got == [
@@ -171,6 +175,11 @@ def test_check_and_rewrite_on_a_copy(tmp_path, capsys):
     assert rdc.main(["--root", str(root)]) == 0
     assert "changed 0 line(s) in 0 file(s)" in capsys.readouterr().out
     assert rdc.main(["--root", str(tmp_path / "nowhere"), "--check"]) == 2
+
+
+def test_this_file_survives_the_rewrite():
+    text = Path(__file__).read_text(encoding="utf-8")
+    assert not rdc.old_citations(text) and rdc.rewrite_text(text) == text
 
 
 @pytest.mark.parametrize("args", [["--check"], ["--dry-run"]])
