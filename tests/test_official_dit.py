@@ -21,6 +21,15 @@ from jaxmia.models.official import dit as dit_format
 from jaxmia.models.torch_checkpoint import read_torch_checkpoint
 
 torch = pytest.importorskip("torch")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _fast_compile():
+    jax.config.update("jax_disable_most_optimizations", True)
+    yield
+    jax.config.update("jax_disable_most_optimizations", False)
+
+
 FIXTURE = OFFICIAL / "dit"
 needs_fixture = pytest.mark.skipif(not (FIXTURE / "dit_tiny.pt").is_file(), reason="shared/fixtures/official absent")
 
