@@ -152,7 +152,8 @@ def random_state_dict(shapes: dict, seed: int, std: float = 0.05) -> dict:
 
 def dit_shapes(*, hidden, depth, patch, channels, grid, classes_rows, mlp, out_channels) -> dict:
     s = {"pos_embed": (1, grid * grid, hidden), "x_embedder.proj.weight": (hidden, channels, patch, patch),
-         "x_embedder.proj.bias": (hidden,), "t_embedder.mlp.0.weight": (hidden, 256), "t_embedder.mlp.0.bias": (hidden,),
+         "x_embedder.proj.bias": (hidden,), "t_embedder.mlp.0.weight": (hidden, 256),
+         "t_embedder.mlp.0.bias": (hidden,),
          "t_embedder.mlp.2.weight": (hidden, hidden), "t_embedder.mlp.2.bias": (hidden,),
          "y_embedder.embedding_table.weight": (classes_rows, hidden),
          "final_layer.linear.weight": (patch * patch * out_channels, hidden),
@@ -165,7 +166,8 @@ def dit_shapes(*, hidden, depth, patch, channels, grid, classes_rows, mlp, out_c
                   f"{b}.attn.proj.weight": (hidden, hidden), f"{b}.attn.proj.bias": (hidden,),
                   f"{b}.mlp.fc1.weight": (mlp, hidden), f"{b}.mlp.fc1.bias": (mlp,),
                   f"{b}.mlp.fc2.weight": (hidden, mlp), f"{b}.mlp.fc2.bias": (hidden,),
-                  f"{b}.adaLN_modulation.1.weight": (6 * hidden, hidden), f"{b}.adaLN_modulation.1.bias": (6 * hidden,)})
+                  f"{b}.adaLN_modulation.1.weight": (6 * hidden, hidden),
+                  f"{b}.adaLN_modulation.1.bias": (6 * hidden,)})
     return s
 
 
@@ -184,7 +186,8 @@ def uvit_shapes(*, width, depth, patch, channels, tokens, mlp, qkv_bias=False, t
         s["label_emb.weight"] = (num_classes, width)
     if conv:
         s.update({"final_layer.weight": (channels, channels, 3, 3), "final_layer.bias": (channels,)})
-    names = [f"in_blocks.{i}" for i in range(depth // 2)] + ["mid_block"] + [f"out_blocks.{i}" for i in range(depth // 2)]
+    half = range(depth // 2)
+    names = [f"in_blocks.{i}" for i in half] + ["mid_block"] + [f"out_blocks.{i}" for i in half]
     for b in names:
         s.update({f"{b}.norm1.weight": (width,), f"{b}.norm1.bias": (width,), f"{b}.norm2.weight": (width,),
                   f"{b}.norm2.bias": (width,), f"{b}.attn.qkv.weight": (3 * width, width),

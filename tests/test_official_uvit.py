@@ -277,3 +277,20 @@ def test_audit_end_to_end(pipes, tmp_path, fmt):
     saved = json.loads((tmp_path / "audit" / "report.json").read_text())
     assert saved["verdict"]["n_p"] == 10 and 0 < saved["verdict"]["p_value"] <= 1
     assert saved["model"]["sample_shape"] == [8, 8, 4]
+
+
+def test_configs_round_trip_and_refuse_bad_keys():
+    from jaxmia.models import build_model
+    from jaxmia.models.dit_official import DiTOfficialConfig
+
+    for cfg in (UViTConfig(num_classes=-1, conv=True), UViTT2IConfig(num_clip_token=5), DiTOfficialConfig(depth=3)):
+        data = json.loads(json.dumps(cfg.to_diffusers()))  # what config.json holds
+        assert type(cfg).from_diffusers(data) == cfg and build_model(data).config == cfg
+    with pytest.raises(ValueError, match="unknown UViT config key\\(s\\) 'clip_dim'"):
+        UViTConfig.from_diffusers({"_class_name": "UViT", "clip_dim": 768})
+    with pytest.raises(ValueError, match="depth='28' must be an integer"):
+        UViTT2IConfig.from_diffusers({"_class_name": "UViTT2I", "depth": "28"})
+    with pytest.raises(ValueError, match="_class_name is 'UViT', not 'UViTT2I'"):
+        UViTT2IConfig.from_diffusers({"_class_name": "UViT"})
+    with pytest.raises(ValueError, match="num_heads=7 must divide embed_dim=1152"):
+        UViTConfig.from_diffusers({"num_heads": 7})

@@ -204,8 +204,8 @@ class UViT(nn.Module):
         cfg = self.config
         text = isinstance(cfg, UViTT2IConfig)
         if x.ndim != 4 or tuple(x.shape[1:]) != cfg.sample_shape:
-            raise ValueError(f"{cfg.class_name} expects NHWC input of shape (B, {', '.join(map(str, cfg.sample_shape))}), "
-                             f"got {tuple(x.shape)}")
+            shape = ", ".join(map(str, cfg.sample_shape))
+            raise ValueError(f"{cfg.class_name} expects NHWC input of shape (B, {shape}), got {tuple(x.shape)}")
         batch, p, d = x.shape[0], cfg.patch_size, cfg.embed_dim
         g = cfg.img_size // p
         t = jnp.broadcast_to(jnp.asarray(t, jnp.float32), (batch,)) * cfg.timestep_scale

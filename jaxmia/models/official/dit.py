@@ -40,7 +40,8 @@ from jaxmia.models.official.output import (check_keys, choice_option, count_inde
 from jaxmia.models.torch_checkpoint import flat_state_dict, read_torch_checkpoint
 
 FORMAT = "dit"
-LATENT_SCALE = 0.18215  # sample.py: vae.decode(samples / 0.18215); train.py: x = vae.encode(x).latent_dist.sample() * 0.18215
+# sample.py: vae.decode(samples / 0.18215); train.py: x = vae.encode(x).latent_dist.sample().mul_(0.18215)
+LATENT_SCALE = 0.18215
 SCHEDULER_CONFIG = {
     # diffusion/__init__.py create_diffusion: get_named_beta_schedule("linear", 1000) =
     # linspace(1e-4, 0.02, 1000) in float64; learn_sigma -> ModelVarType.LEARNED_RANGE.

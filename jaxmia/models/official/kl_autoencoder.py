@@ -97,7 +97,8 @@ def diffusers_to_ldm_key(key: str, levels: int) -> str:
         names = _RESNET_INV if kind == "resnets" else _ATTN_INV
         if group == "encoder.down_blocks":
             return f"encoder.down.{level}.{'block' if kind == 'resnets' else 'attn'}.{j}.{names[layer]}.{leaf}"
-        return f"decoder.up.{levels - 1 - int(level)}.{'block' if kind == 'resnets' else 'attn'}.{j}.{names[layer]}.{leaf}"
+        block = "block" if kind == "resnets" else "attn"
+        return f"decoder.up.{levels - 1 - int(level)}.{block}.{j}.{names[layer]}.{leaf}"
     m = re.fullmatch(r"encoder\.down_blocks\.(\d+)\.downsamplers\.0\.conv\.(weight|bias)", key)
     if m:
         return f"encoder.down.{m.group(1)}.downsample.conv.{m.group(2)}"
