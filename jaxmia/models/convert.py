@@ -33,7 +33,9 @@ NEW_TO_OLD_ATTENTION = {v: k for k, v in OLD_ATTENTION_NAMES.items()}
 MODULE_LISTS = frozenset({"down_blocks", "up_blocks", "resnets", "attentions", "downsamplers", "upsamplers",
                           "to_out",
                           # transformer models (UNet2DConditionModel, DiT, the CLIP text encoder)
-                          "transformer_blocks", "net", "layers"})
+                          "transformer_blocks", "net", "layers",
+                          # the official DiT and U-ViT (timm-style Sequential / ModuleList names)
+                          "blocks", "in_blocks", "out_blocks", "mlp", "adaLN_modulation", "time_embed"})
 
 _WEIGHT_LEAVES = ("kernel", "scale", "embedding")
 _MAX_LISTED = 5
