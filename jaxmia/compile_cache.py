@@ -16,9 +16,9 @@ Every program is cached (``jax_persistent_cache_min_compile_time_secs = 0``): ja
 programs (the lane pool's merge and init, the encoders) each compile in under a second on XLA:CPU,
 and together they are what a warm start would otherwise still wait for.
 
-Compile seconds: :class:`CompileClock` sums JAX's own compile events (tracing, lowering, the XLA
-compile or the cache read) while it is open, so progress lines and reports can give compile time
-apart from compute time.
+Compile seconds: JAX's own compile events (tracing, lowering, the XLA compile or the cache read)
+are summed per process; :func:`snapshot` and :func:`since` give the seconds of a stretch of work, so
+progress lines, feature tables and ``report.json`` give compile time apart from compute time.
 """
 
 from __future__ import annotations
@@ -65,7 +65,7 @@ def enable(path=None) -> Optional[Path]:
     cache (tests point it at a temporary directory).
     """
     with _lock:
-        current = jax.config.read("jax_compilation_cache_dir")
+        current = jax.config.jax_compilation_cache_dir
         if current and _state["configured_by"] != "jaxmia":
             return None  # the user's own setting wins
         target = Path(path).expanduser() if path is not None else default_dir()
@@ -113,56 +113,50 @@ def _reset_jax_cache() -> None:
     compilation_cache.reset_cache()
 
 
-class CompileClock:
-    """Seconds JAX spent compiling (trace + lower + XLA compile or cache load) since it was opened.
-
-    ``with CompileClock() as clock: ...; clock.seconds``; also ``clock.cache_hits`` and
-    ``clock.cache_misses`` (persistent-cache lookups). Clocks nest; each counts on its own.
-    """
-
-    def __init__(self):
-        self.seconds = 0.0
-        self.cache_hits = 0
-        self.cache_misses = 0
-        self._open = False
-
-    def __enter__(self):
-        _listeners().add(self)
-        self._open = True
-        return self
-
-    def __exit__(self, *exc):
-        _listeners().discard(self)
-        self._open = False
-
-    def as_dict(self) -> dict:
-        return {"compile_s": round(self.seconds, 3), "cache_hits": self.cache_hits, "cache_misses": self.cache_misses,
-                "cache_dir": None if cache_dir() is None else str(cache_dir())}
+_totals = {"seconds": 0.0, "cache_hits": 0, "cache_misses": 0}
 
 
-_clocks: set = set()
-_registered = []
+def _on_duration(event: str, seconds: float, **kwargs) -> None:
+    if event in COMPILE_EVENTS:
+        _totals["seconds"] += seconds
 
 
-def _listeners() -> set:
-    """The open clocks; JAX's monitoring listeners are registered once per process."""
-    if not _registered:
-        from jax import monitoring
+def _on_event(event: str, **kwargs) -> None:
+    if event == CACHE_HIT_EVENT:
+        _totals["cache_hits"] += 1
+    elif event == CACHE_MISS_EVENT:
+        _totals["cache_misses"] += 1
 
-        def on_duration(event: str, seconds: float, **kwargs) -> None:
-            if event in COMPILE_EVENTS:
-                for clock in list(_clocks):
-                    clock.seconds += seconds
 
-        def on_event(event: str, **kwargs) -> None:
-            if event in (CACHE_HIT_EVENT, CACHE_MISS_EVENT):
-                for clock in list(_clocks):
-                    if event == CACHE_HIT_EVENT:
-                        clock.cache_hits += 1
-                    else:
-                        clock.cache_misses += 1
+def _register() -> None:
+    from jax import monitoring
 
-        monitoring.register_event_duration_secs_listener(on_duration)
-        monitoring.register_event_listener(on_event)
-        _registered.append(True)
-    return _clocks
+    monitoring.register_event_duration_secs_listener(_on_duration)
+    monitoring.register_event_listener(_on_event)
+
+
+_register()  # once per process, at import (jaxmia's drivers import this module before compiling)
+
+
+def snapshot() -> dict:
+    """The process's compile totals so far: seconds, persistent-cache hits and misses."""
+    return dict(_totals)
+
+
+def since(before: dict) -> dict:
+    """Compile totals since ``before`` (a :func:`snapshot`), with the cache directory."""
+    now = snapshot()
+    return {"compile_s": round(now["seconds"] - before["seconds"], 3),
+            "cache_hits": now["cache_hits"] - before["cache_hits"],
+            "cache_misses": now["cache_misses"] - before["cache_misses"],
+            "cache_dir": None if cache_dir() is None else str(cache_dir())}
+
+
+def configure(path=None, off: bool = False) -> Optional[Path]:
+    """The CLI's ``--compile-cache DIR`` / ``--no-compile-cache``: off, at ``path``, or the default."""
+    if off and path is not None:
+        raise ValueError("--compile-cache and --no-compile-cache: choose one")
+    if off:
+        disable()
+        return None
+    return enable(path)

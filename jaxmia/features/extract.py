@@ -25,7 +25,7 @@ from typing import Callable, Iterable, Optional
 import jax
 import numpy as np
 
-from jaxmia import rng
+from jaxmia import compile_cache, rng
 from jaxmia.progress import Progress
 from jaxmia.features import runner
 from jaxmia.features.config import FeatureConfig, config_diff, flatten_nested, make_config
@@ -181,6 +181,8 @@ def extract(
       model digest, versions, per-stage timings, throughput and UNet evaluations per image.
     """
     t_start = time.perf_counter()
+    compile_cache.ensure_default()  # compile once: the persistent cache (jaxmia.compile_cache)
+    compiled_before = compile_cache.snapshot()
     cfg = config if isinstance(config, FeatureConfig) else make_config(config)
     names = parse_features(features)
     columns = plan_columns(names, cfg)
@@ -293,6 +295,7 @@ def extract(
     }
     meta.update(extra_meta or {})
     meta["timings_s"]["total_before_write"] = round(time.perf_counter() - t_start, 4)
+    meta["compile"] = compile_cache.since(compiled_before)  # seconds compiling (or loading), cache hits
     table = FeatureTable(np.asarray(data.ids, dtype=str), columns, values, meta)
     if out is not None:
         save_table(table, out)
