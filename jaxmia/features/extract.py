@@ -70,6 +70,28 @@ def jit_features(names: tuple, cfg: FeatureConfig, with_cond: bool, mesh=None, l
     return runner.per_device_jit(program, mesh, batched=(False, True, with_cond, False, True))
 
 
+def _fit_memory(placed, names, cfg, data, with_cond, device_memory, progress):
+    """The placement with a per-device batch that fits the devices' memory (jaxmia.memory), and the note."""
+    import dataclasses
+    import sys
+
+    from jaxmia import memory
+
+    limit = device_memory if device_memory is not None else memory.device_limit(placed.mesh.devices.flat[0])
+    cond_shape = tuple(np.shape(data.cond)[1:]) if with_cond else None
+
+    def need(b):
+        return memory.extraction_memory(placed.denoiser, names, cfg, b, cond_shape=cond_shape, mesh=placed.mesh).need
+
+    pdb, note = memory.fit_per_device_batch(placed.per_device_batch, need, limit)
+    if note is None:
+        return placed, None
+    if progress:
+        print(f"jaxmia features: {note}", file=sys.stderr, flush=True)
+    return dataclasses.replace(placed, per_device_batch=pdb), {"requested_per_device_batch": placed.per_device_batch,
+                                                                "note": note}
+
+
 def run_identity(names, columns, cfg, seed, denoiser, batch_size, per_device_batch) -> dict:
     """What makes two runs' rows interchangeable: features, columns, config, seed, model, shapes.
 
@@ -149,6 +171,7 @@ def extract(
     mesh_shape: Optional[tuple] = None,
     shard_min_size: int = runner.DEFAULT_SHARD_MIN_SIZE,
     extra_meta: Optional[dict] = None,
+    device_memory: Optional[int] = None,
 ) -> FeatureTable:
     """Extracts per-image features and returns (and, with ``out``, writes) a feature table.
 
@@ -175,6 +198,11 @@ def extract(
         ``shard_min_size`` elements along its largest divisible axis.
       extra_meta: entries added to the table's sidecar (the sharded runs of
         :mod:`jaxmia.distributed` record the shard there).
+      device_memory: bytes per device (default: what ``device.memory_stats()`` reports; none on
+        CPU). When ``per_device_batch`` needs more (XLA's memory analysis of the run's programs),
+        the largest divisor of it that fits runs instead, as micro-batches, and a line says so;
+        the features are then those of that per-device batch, which the identity records
+        (:mod:`jaxmia.memory`).
 
     Returns:
       FeatureTable with one row per image, in data order; ``meta`` holds the resolved config, seed,
@@ -192,6 +220,7 @@ def extract(
     with_cond = runner.uses_cond(denoiser, data)
     placed = runner.place(denoiser, seed, batch_size, devices, per_device_batch=per_device_batch,
                           mesh_shape=mesh_shape, shard_min_size=shard_min_size)
+    placed, micro = _fit_memory(placed, names, cfg, data, with_cond, device_memory, progress)
     batch_size = placed.batch_size
     identity = run_identity(names, columns, cfg, seed, denoiser, batch_size, placed.per_device_batch)
 
@@ -278,6 +307,7 @@ def extract(
         "n_devices": placed.n_devices,
         "mesh_shape": list(placed.mesh_shape),
         "per_device_batch": placed.per_device_batch,
+        "micro_batching": micro,
         "devices": [str(d) for d in placed.mesh.devices.ravel()],
         "unet_evals_per_image": cost.as_dict(),
         "resumed_rows": resumed_rows,
