@@ -66,21 +66,40 @@ def abstract_denoiser(config: Mapping, *, dtype=jnp.float32, context_shape=None,
     from jaxmia.models import Denoiser, build_model
 
     spec = build_model(config, source=source)
-    params = jax.tree_util.tree_map(lambda leaf: jax.ShapeDtypeStruct(leaf.shape, dtype), spec.abstract_params)
-    apply_fn = spec.apply_fn
-    if jnp.dtype(dtype) != jnp.float32:
-        def apply_fn(p, x, t, cond, _inner=spec.apply_fn):
-            if cond is not None and jnp.issubdtype(cond.dtype, jnp.floating):
-                cond = cond.astype(dtype)
-            return _inner(p, x.astype(dtype), t, cond).astype(jnp.float32)
+    params = jax.tree_util.tree_map(lambda leaf: jax.ShapeDtypeStruct(leaf.shape, jnp.float32), spec.abstract_params)
     learned_sigma = spec.out_channels == 2 * spec.sample_shape[-1]
     cond_shape = {"class": (), "text": tuple(context_shape) if context_shape else None}.get(spec.cond_kind)
     if spec.cond_kind == "text" and cond_shape is None:
         raise ValueError(f"{source}: a text-conditional model needs context_shape (L, D)")
-    denoiser = Denoiser(params=params, schedule=sched.make_schedule(), apply_fn=apply_fn,
+    denoiser = Denoiser(params=params, schedule=sched.make_schedule(), apply_fn=spec.apply_fn,
                         sample_shape=tuple(spec.sample_shape), cond_kind=spec.cond_kind, learned_sigma=learned_sigma,
                         x0_clip=None, digest="abstract")
+    if jnp.dtype(dtype) != jnp.float32:
+        denoiser = bf16_denoiser(denoiser, dtype)
     return denoiser, (None if spec.cond_kind == "none" else cond_shape)
+
+
+def bf16_denoiser(denoiser, dtype=jnp.bfloat16):
+    """The denoiser computing in ``dtype``: its float parameters cast (arrays or ShapeDtypeStructs), the
+    network's input (and float conditions) cast on the way in, its output cast back to float32, so
+    the features' own arithmetic stays float32. Layers written to compute in float32 (attention's
+    softmax, time embeddings) stay so."""
+    def cast(leaf):
+        if not jnp.issubdtype(leaf.dtype, jnp.floating):
+            return leaf
+        if isinstance(leaf, jax.ShapeDtypeStruct):
+            return jax.ShapeDtypeStruct(leaf.shape, dtype)
+        return jnp.asarray(leaf, dtype)
+
+    inner = denoiser.apply_fn
+
+    def apply_fn(p, x, t, cond):
+        if cond is not None and jnp.issubdtype(cond.dtype, jnp.floating):
+            cond = cond.astype(dtype)
+        return inner(p, x.astype(dtype), t, cond).astype(jnp.float32)
+
+    return denoiser.replace(params=jax.tree_util.tree_map(cast, denoiser.params), apply_fn=apply_fn,
+                            digest=f"{denoiser.digest}+{jnp.dtype(dtype).name}")
 
 
 def program_bytes(compiled) -> dict:
