@@ -30,8 +30,14 @@ class CleanErrors(click.Group):
 
 @click.group(cls=CleanErrors)
 @click.version_option(package_name="jaxmia")
-def main():
+@click.option("--compile-cache", "compile_cache_dir", type=click.Path(file_okay=False), default=None,
+              help="persistent XLA compile cache [default: $JAXMIA_COMPILE_CACHE or ~/.cache/jaxmia/xla]")
+@click.option("--no-compile-cache", is_flag=True, help="compile every program afresh (no persistent cache)")
+def main(compile_cache_dir, no_compile_cache):
     """Membership and dataset inference for diffusion models (CDI, DRC, SecMI, PIA)."""
+    from jaxmia import compile_cache  # compile once: a second run loads its programs (jaxmia/compile_cache.py)
+
+    compile_cache.configure(compile_cache_dir, off=no_compile_cache)
 
 
 # ---- commands are registered below, one block per area --------------------------------------

@@ -46,8 +46,12 @@ ROWS = {  # row label -> (jaxmia feature names or the bare network, preset, torc
     "grad_mask": (("grad_mask",), "cdi", "grad_mask"),
     "noise_opt": (("noise_opt",), "cdi", "noise_opt"),
     "cdi": (("cdi",), "cdi", "cdi"),
+    "cdi[while_loop]": (("cdi",), "cdi", None),
     "cdi[cdi_reference]": (("cdi",), "cdi_reference", None),
 }
+# Rows that run NO as one vmapped while loop inside the kernels' program (the form before the lane
+# pool, jaxmia.features.lanes): every lane of a call computes until the slowest one has finished.
+WHILE_LOOP_ROWS = ("cdi[while_loop]",)
 # The default rows: the bare network, the cheap signals and the whole 26-d vector (multi_loss, grad_mask
 # and noise_opt are parts of cdi; each row costs its own compile, minutes on a loaded 2-core CPU).
 DEFAULT_ROWS = ("unet_forward", "unet_vjp", "loss", "secmi", "pia+pian", "cdi")
@@ -79,12 +83,13 @@ class JaxmiaRun:
     """One signal set of jaxmia on one fixed batch, as ``extract()`` runs a chunk: compiled once
     (``compile_s``), then called repeatedly. ``names`` ("@forward",) or ("@vjp",): the bare network."""
 
-    def __init__(self, denoiser, images, names, cfg, devices, seed: int = 0):
+    def __init__(self, denoiser, images, names, cfg, devices, seed: int = 0, while_loop: bool = False,
+                 stream: int = 1):
         import jax
         import jax.numpy as jnp
 
         from jaxmia import rng
-        from jaxmia.features import get_feature, jit_features, runner
+        from jaxmia.features import get_feature, jit_features, lanes, runner
 
         self.denoiser, self.images, self.names, self.cfg = denoiser, images, tuple(names), cfg
         self.bare = self.names[0] if self.names[0].startswith("@") else None
@@ -103,57 +108,127 @@ class JaxmiaRun:
             self.host_specs, self.has_device = [], True
         else:
             self.args = (self.placed.denoiser, self.x0, None, self.placed.root, self.id_hash)
-            program = jit_features(self.names, cfg, False, self.placed.mesh)
+            use_lanes = not while_loop
+            program = jit_features(self.names, cfg, False, self.placed.mesh, lanes=use_lanes)
             self.host_specs = [get_feature(n) for n in self.names if get_feature(n).host_columns(cfg)]
-            self.has_device = any(get_feature(n).device_columns(cfg) for n in self.names)
+            self.has_device = any(get_feature(n).device_columns(cfg, lanes=use_lanes) for n in self.names)
+            # as extract() runs them: NO's lanes in a pool of the batch's slots (jaxmia.features.lanes)
+            self.lane_stages = [get_feature(n).lane for n in self.names if use_lanes and get_feature(n).lane_columns(cfg)]
+        # With a lane pool, each call streams ``stream`` batches (the same images under other ids, so
+        # other draws) through it, as extract() does over a data set: a finished lane's slot is then
+        # refilled from the next batch. The values returned are the first batch's.
+        self.stream = int(stream) if getattr(self, "lane_stages", None) else 1
+        ids = bc.bench_ids(batch * self.stream)
+        self.chunks = [(ids[k * batch:(k + 1) * batch],
+                        jax.device_put(rng.id_hashes(ids[k * batch:(k + 1) * batch]), self.placed.batch_sharding))
+                       for k in range(self.stream)]
+        self.images_per_call = batch * self.stream
         self.compiled, self.compile_s = None, 0.0
+        self.lane_stats = None  # the last call's pool statistics (evaluations needed / computed)
+        self.split_s = []
         if self.has_device:
             self.compiled, self.compile_s = bc.timed(lambda: program.lower(*self.args).compile())
+        self.pools = []
+        for stage in getattr(self, "lane_stages", []):
+            pool = lanes.LanePool(self.placed, stage, cfg, False)
+            _, seconds = bc.timed(lambda: pool.compile(self.x0, None, self.id_hash))
+            self.compile_s += seconds
+            self.pools.append(pool)
 
     def __call__(self):
         """The batch's columns as NumPy (device stage, then host stage, as ``extract()`` runs them);
-        the network's output (NHWC) for the bare network."""
-        out = self.compiled(*self.args) if self.compiled is not None else {}
+        the network's output (NHWC) for the bare network. ``images_per_call`` images are computed."""
+        import time
+
+        import jax
+
+        from jaxmia.features import lanes
+
+        t0 = time.perf_counter()
         if self.bare:
-            return np.asarray(out, np.float64)
-        values = {k: np.asarray(v, np.float64) for k, v in out.items()}
+            return np.asarray(self.compiled(*self.args), np.float64)
+        outs = []
+        if self.compiled is not None:  # dispatch every batch, then wait (as extract() does)
+            outs = [self.compiled(self.placed.denoiser, self.x0, None, self.placed.root, h) for _, h in self.chunks]
+        values = {k: np.asarray(v, np.float64) for k, v in (outs[0].items() if outs else ())}
+        jax.block_until_ready(outs)
+        t1 = time.perf_counter()
+        first = self.chunks[0][0]
+        for pool in self.pools:  # a fresh pool each call (the compiled programs are kept)
+            fresh = lanes.LanePool(self.placed, pool.stage, self.cfg, False)
+            fresh.jit = pool.jit
+            got = {}
+            for k, (ids, id_hash) in enumerate(self.chunks, start=1):
+                fresh.submit(ids, np.ones(len(ids), bool), self.x0, None, id_hash)
+                got.update(fresh.run(drain=k == len(self.chunks)))
+            for c in pool.stage.columns(self.cfg):
+                values[c] = np.array([got[i][c] for i in first], np.float64)
+            self.lane_stats = dict(fresh.stats)
+        if self.pools:  # seconds of the kernels' program and of the NO lanes, per call
+            self.split_s.append((t1 - t0, time.perf_counter() - t1))
         for spec in self.host_specs:
             values.update(spec.host_fn(self.denoiser, self.images, None, self.host_root, self.id_hash_host, self.cfg))
         return values
 
 
-def count_jaxmia(denoiser, images, names, cfg, devices) -> tuple[float, float]:
+def count_jaxmia(denoiser, images, names, cfg, devices, while_loop: bool = False) -> tuple[float, float]:
     """(forward, backward) UNet evaluations per image, counted while one batch executes."""
     import jax
 
     counter = bc.EvalCounter()
-    JaxmiaRun(bc.counting_denoiser(denoiser, counter), images, names, cfg, devices)()
+    JaxmiaRun(bc.counting_denoiser(denoiser, counter), images, names, cfg, devices, while_loop=while_loop)()
     jax.effects_barrier()
     return counter.forward / len(images), counter.backward / len(images)
 
 
-def jaxmia_evals(target, images, names, cfg, devices, count_all: bool, memo: dict) -> tuple[float, float]:
-    """(forward, backward) UNet evaluations per image of a jaxmia signal set.
+def jaxmia_evals(target, images, names, cfg, devices, count_all: bool, memo: dict, lane_stats=None,
+                 while_loop: bool = False, lane_images: int = 0) -> tuple[float, float]:
+    """(forward, backward) UNet evaluations per image of a jaxmia signal set, as executed.
 
     ``count_all``: counted while the set executes once (one extra compile). Otherwise the registry's
     exact counts (fixed by the algorithm and checked by the feature tests) plus, for the
-    data-dependent NO units (L-BFGS line searches), a count of ``noise_opt`` run alone on the same
-    batch with the same config (memoised per config).
+    data-dependent NO units (L-BFGS line searches): with the lane pool, the evaluations its calls
+    computed (``lane_stats["slot_evals"]``: each one forward and one backward pass); in the
+    while-loop form, a count of ``noise_opt`` run alone on the same batch (memoised per config).
     """
     from jaxmia.features.registry import plan_work
 
     if names[0].startswith("@"):
         return 1.0, float(names[0] == "@vjp")
     if count_all:
-        return count_jaxmia(target.denoiser, images, names, cfg, devices)
+        return count_jaxmia(target.denoiser, images, names, cfg, devices, while_loop)
     units = plan_work(names, cfg)
     fwd = sum(c.forward for k, c in units.items() if not k.startswith("no_"))
     bwd = sum(c.backward for k, c in units.items() if not k.startswith("no_"))
     if any(k.startswith("no_") for k in units):
-        if cfg not in memo:
-            memo[cfg] = count_jaxmia(target.denoiser, images, ("noise_opt",), cfg, devices)
-        fwd, bwd = fwd + memo[cfg][0], bwd + memo[cfg][1]
+        if lane_stats is not None:
+            n = lane_stats["slot_evals"] / lane_images
+            return float(fwd + n), float(bwd + n)
+        key = (cfg, while_loop)
+        if key not in memo:
+            memo[key] = count_jaxmia(target.denoiser, images, ("noise_opt",), cfg, devices, while_loop)
+        fwd, bwd = fwd + memo[key][0], bwd + memo[key][1]
     return float(fwd), float(bwd)
+
+
+def needed_evals(names, cfg, lane_stats, n_images: int) -> tuple[float, float]:
+    """(forward, backward) per image that the maths needs: the registry's exact units plus the NO
+    evaluations the lanes themselves made (no idle slot counted)."""
+    from jaxmia.features.registry import plan_work
+
+    units = plan_work(names, cfg)
+    fwd = sum(c.forward for k, c in units.items() if not k.startswith("no_"))
+    bwd = sum(c.backward for k, c in units.items() if not k.startswith("no_"))
+    n = lane_stats["evals_needed"] / n_images if lane_stats else 0.0
+    return float(fwd + n), float(bwd + n)
+
+
+def network_bound(forward_ips: float, vjp_ips: float, needed) -> float:
+    """Images/s the bare network allows for ``needed`` = (f, b) passes per image: a forward costs
+    1/forward_ips, a backward 1/vjp_ips − 1/forward_ips (the unet_forward and unet_vjp rows)."""
+    f, b = needed
+    backward_s = max(1.0 / vjp_ips - 1.0 / forward_ips, 0.0)
+    return 1.0 / (f / forward_ips + b * backward_s)
 
 
 # ---- agreement ---------------------------------------------------------------------------------
@@ -215,10 +290,10 @@ def agreement(label: str, jax_values, ref, no_reference) -> list[list]:
 class Bench:
     """One target and batch: the PyTorch model, the compiled jaxmia runs, the checks and the rows."""
 
-    def __init__(self, target, session, count_all: bool):
+    def __init__(self, target, session, count_all: bool, stream: int = 1):
         import torch_reference as tr
 
-        self.target, self.session, self.count_all = target, session, count_all
+        self.target, self.session, self.count_all, self.stream = target, session, count_all, stream
         self.images = target.images
         self.tmodel = bc.torch_denoiser(target, session.torch_device)
         self.x0 = tr.to_nchw(self.images, session.torch_device)
@@ -258,7 +333,9 @@ class Bench:
 
         names, preset, torch_signal = ROWS[label]
         cfg = make_config(preset) if preset else None
-        run = JaxmiaRun(self.target.denoiser, self.images, names, cfg, self.session.devices)
+        while_loop = label in WHILE_LOOP_ROWS
+        run = JaxmiaRun(self.target.denoiser, self.images, names, cfg, self.session.devices, while_loop=while_loop,
+                        stream=self.stream)
         print(f"   {label}: compiled in {run.compile_s:.1f} s", flush=True)
         if check and torch_signal is not None:
             ref = self.torch_call(torch_signal, cfg, None if cfg is None else self.noise(cfg))()
@@ -275,21 +352,31 @@ class Bench:
             t_counts = (self.tmodel.forward / calls, self.tmodel.backward / calls)
             torch_label, torch_s = bc.fastest(times)
             t_ips, threads = batch / torch_s, torch_label.partition("@")[2] or "-"
-        j_ips = batch / bc.median(times["jaxmia"])
+        j_ips = run.images_per_call / bc.median(times["jaxmia"])
         print(f"   {label}: jaxmia {bc.fmt(j_ips)} img/s, torch {bc.fmt(t_ips)} img/s", flush=True)
-        j_counts = jaxmia_evals(self.target, self.images, names, cfg, self.session.devices, self.count_all, self.memo)
+        if run.split_s:
+            kernels, no = (bc.median([s[i] for s in run.split_s]) for i in (0, 1))
+            print(f"   {label}: per call, kernels' program {kernels:.2f} s, NO lanes {no:.2f} s "
+                  f"({run.lane_stats['calls']} pool calls)", flush=True)
+        j_counts = jaxmia_evals(self.target, self.images, names, cfg, self.session.devices, self.count_all, self.memo,
+                                run.lane_stats, while_loop, run.images_per_call)
+        needed = None
+        if not names[0].startswith("@"):  # the while-loop form has no lane count: its executed passes
+            needed = j_counts if while_loop else needed_evals(names, cfg, run.lane_stats, run.images_per_call)
         return dict(label=label, j_ips=j_ips, t_ips=t_ips, threads=threads, t_counts=t_counts, j_counts=j_counts,
-                    compile_s=run.compile_s)
+                    compile_s=run.compile_s, needed=needed, lane_stats=run.lane_stats)
 
 
-def bench_target(target, reps: int, rows: list[str], session, peak_tflops, count_all: bool, check: bool) -> None:
+def bench_target(target, reps: int, rows: list[str], session, peak_tflops, count_all: bool, check: bool,
+                 stream: int = 1) -> None:
     batch = len(target.images)
     flops = bc.forward_flops(target.denoiser, batch)
     bc.print_header(f"target {target.name}", {
         "network": target.describe(flops),
-        "batch": f"{batch} images, {reps} timed repetition(s) per row after one warm-up call (median)",
+        "batch": f"{batch} images, {reps} timed repetition(s) per row after one warm-up call (median); rows with "
+                 f"NO lanes stream {stream} batch(es) per call through the lane pool",
     })
-    bench = Bench(target, session, count_all)
+    bench = Bench(target, session, count_all, stream)
     results = [bench.row(label, reps, check) for label in rows]
     print()
     if check:
@@ -297,7 +384,30 @@ def bench_target(target, reps: int, rows: list[str], session, peak_tflops, count
                        title=f"agreement before timing, on the timed batch ({batch} images), jaxmia vs the PyTorch "
                              "loop fed jaxmia's draws (relative differences unless stated):")
     print_results(target, results, flops, peak_tflops, batch)
+    print_bound(results)
     print(f"   load average at the end: {bc.load_average()}\n", flush=True)
+
+
+def print_bound(results) -> None:
+    """Each signal row's img/s against what the bare network's per-pass throughput allows for the
+    passes the maths needs (issue 15's "≥ 90% of the network's bound"); needs both bare rows."""
+    by = {r["label"]: r for r in results}
+    if "unet_forward" not in by or "unet_vjp" not in by:
+        return
+    fwd, vjp = by["unet_forward"]["j_ips"], by["unet_vjp"]["j_ips"]
+    rows = []
+    for r in results:
+        if r["needed"] is None:
+            continue
+        bound = network_bound(fwd, vjp, r["needed"])
+        stats = r["lane_stats"]
+        pool = "-" if not stats else f"{stats['evals_needed'] / stats['slot_evals']:.0%}"
+        rows.append([r["label"], _evals(r["needed"]), bc.fmt(bound), bc.fmt(r["j_ips"]), f"{r['j_ips'] / bound:.0%}", pool])
+    bc.print_table(["signal", "needed evals/img", "network bound img/s", "jaxmia img/s", "of bound", "NO pool use"], rows,
+                   title=f"pipeline against the network's bound (forward {bc.fmt(fwd)} img/s, forward+backward "
+                         f"{bc.fmt(vjp)} img/s, from the unet_forward and unet_vjp rows; needed = the registry's exact "
+                         "passes + the NO evaluations the lanes made (cdi[while_loop]: its executed passes); pool use = needed / "
+                         "computed NO evaluations)")
 
 
 def _evals(counts) -> str:
@@ -345,12 +455,15 @@ def _rows(text: str) -> list[str]:
                    "only the data-dependent NO part (the rest from the registry)")
 @click.option("--check/--no-check", default=True, show_default=True,
               help="compare every row's jaxmia values with PyTorch's on the timed batch before timing it")
+@click.option("--stream", default=4, show_default=True, type=click.IntRange(min=1),
+              help="batches per timed call of rows with a NO lane pool (cdi, noise_opt), the same images under "
+                   "other ids, as extract() streams a data set: finished lanes are refilled from the next batch")
 @bc.common_options
-def main(target, batch, reps, rows, count_all, check, cpu_devices, torch_threads, torch_device, precision,
+def main(target, batch, reps, rows, count_all, check, stream, cpu_devices, torch_threads, torch_device, precision,
          peak_tflops):
     row_list = _rows(rows)
     session = bc.start("bench_features", cpu_devices, torch_threads, torch_device, precision)
-    bench_target(bc.load_target(target, batch), reps, row_list, session, peak_tflops, count_all, check)
+    bench_target(bc.load_target(target, batch), reps, row_list, session, peak_tflops, count_all, check, stream)
 
 
 if __name__ == "__main__":

@@ -8,6 +8,10 @@ flags = os.environ.get("XLA_FLAGS", "")
 if "xla_force_host_platform_device_count" not in flags:
     os.environ["XLA_FLAGS"] = (flags + " --xla_force_host_platform_device_count=2").strip()
 
+# The persistent compile cache (jaxmia.compile_cache) stays off in the suite: tests never write into
+# the user's cache; tests/test_compile_cache.py turns it on in temporary directories.
+os.environ["JAXMIA_COMPILE_CACHE"] = "off"
+
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402

@@ -167,6 +167,9 @@ def run_drc(
     _check_inputs(denoiser, dataset, cfg, holes, embed_fn)
     if evidence < 0:
         raise ValueError(f"evidence must be >= 0, got {evidence}")
+    from jaxmia import compile_cache
+
+    compile_cache.ensure_default()  # compile once: the persistent cache
     start = time.perf_counter()
     out_dir = Path(out_dir)
     task_list = tasks(cfg)

@@ -50,6 +50,7 @@ def _cdi_work(cfg, requested) -> dict[str, Cost]:
     host_columns=lambda cfg: get_feature("noise_opt").host_columns(cfg),
     host_fn=lambda *args: get_feature("noise_opt").host_fn(*args),
     parts=CDI_PARTS,
+    lane=get_feature("noise_opt").lane,
 )
 def cdi_kernel(denoiser, x0, cond, key, cfg, shared):
     """The 26-d CDI vector (cdi-spec.md §4.9), with shared e0 and GM/ML passes."""

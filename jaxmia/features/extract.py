@@ -25,31 +25,35 @@ from typing import Callable, Iterable, Optional
 import jax
 import numpy as np
 
-from jaxmia import rng
+from jaxmia import compile_cache, rng
 from jaxmia import schedule as sched
 from jaxmia.progress import Progress
 from jaxmia.features import runner
 from jaxmia.features.config import FeatureConfig, config_diff, flatten_nested, make_config
 from jaxmia.features.keys import SAMPLE_KEY_AXES, SampleKey
-from jaxmia.features.registry import (SharedWork, get_feature, parse_features, plan_columns, plan_cost,
-                                     plan_directions)
+from jaxmia.features.lanes import LanePool
+from jaxmia.features.registry import (SharedWork, expand_requested, get_feature, parse_features, plan_columns,
+                                     plan_cost, plan_directions)
 from jaxmia.table import FeatureTable, save_table
 
 
 @functools.lru_cache(maxsize=64)
-def jit_features(names: tuple, cfg: FeatureConfig, with_cond: bool, mesh=None):
+def jit_features(names: tuple, cfg: FeatureConfig, with_cond: bool, mesh=None, lanes: bool = False):
     """jit(vmap over examples) of the union of the kernels ``names``.
 
-    Static (baked into the program): the names, the config, whether conditions are passed, and the
-    mesh: with one, every data-axis device runs the vmapped kernels on its own rows
-    (:func:`runner.per_device_jit`). The denoiser, the batch, the root key and the id hashes are
-    arguments; jit re-traces only for new shapes or a new network function.
+    Static (baked into the program): the names, the config, whether conditions are passed, the
+    mesh (with one, every data-axis device runs the vmapped kernels on its own rows,
+    :func:`runner.per_device_jit`) and ``lanes``: leave out the columns of lane stages
+    (:mod:`jaxmia.features.lanes` computes them; ``extract()`` does so). The denoiser, the batch,
+    the root key and the id hashes are arguments; jit re-traces only for new shapes or a new
+    network function.
     """
     specs = [get_feature(n) for n in names]
-    columns = [c for s in specs for c in s.device_columns(cfg)]
+    columns = [c for s in specs for c in s.device_columns(cfg, lanes=lanes)]
+    deferred = [n for n in expand_requested(names) if lanes and get_feature(n).lane_columns(cfg)]
 
     def per_example(denoiser, x0, cond, key: SampleKey):
-        shared = SharedWork(names)
+        shared = SharedWork(names, deferred)
         out = {}
         for spec in specs:
             out.update(spec.kernel(denoiser, x0, cond, key, cfg, shared))
@@ -66,6 +70,28 @@ def jit_features(names: tuple, cfg: FeatureConfig, with_cond: bool, mesh=None):
     if mesh is None:
         return jax.jit(program)
     return runner.per_device_jit(program, mesh, batched=(False, True, with_cond, False, True))
+
+
+def _fit_memory(placed, names, cfg, data, with_cond, device_memory, progress):
+    """The placement with a per-device batch that fits the devices' memory (jaxmia.memory), and the note."""
+    import dataclasses
+    import sys
+
+    from jaxmia import memory
+
+    limit = device_memory if device_memory is not None else memory.device_limit(placed.mesh.devices.flat[0])
+    cond_shape = tuple(np.shape(data.cond)[1:]) if with_cond else None
+
+    def need(b):
+        return memory.extraction_memory(placed.denoiser, names, cfg, b, cond_shape=cond_shape, mesh=placed.mesh).need
+
+    pdb, note = memory.fit_per_device_batch(placed.per_device_batch, need, limit)
+    if note is None:
+        return placed, None
+    if progress:
+        print(f"jaxmia features: {note}", file=sys.stderr, flush=True)
+    return dataclasses.replace(placed, per_device_batch=pdb), {"requested_per_device_batch": placed.per_device_batch,
+                                                                "note": note}
 
 
 def run_identity(names, columns, cfg, seed, denoiser, batch_size, per_device_batch) -> dict:
@@ -148,6 +174,7 @@ def extract(
     mesh_shape: Optional[tuple] = None,
     shard_min_size: int = runner.DEFAULT_SHARD_MIN_SIZE,
     extra_meta: Optional[dict] = None,
+    device_memory: Optional[int] = None,
 ) -> FeatureTable:
     """Extracts per-image features and returns (and, with ``out``, writes) a feature table.
 
@@ -174,12 +201,19 @@ def extract(
         ``shard_min_size`` elements along its largest divisible axis.
       extra_meta: entries added to the table's sidecar (the sharded runs of
         :mod:`jaxmia.distributed` record the shard there).
+      device_memory: bytes per device (default: what ``device.memory_stats()`` reports; none on
+        CPU). When ``per_device_batch`` needs more (XLA's memory analysis of the run's programs),
+        the largest divisor of it that fits runs instead, as micro-batches, and a line says so;
+        the features are then those of that per-device batch, which the identity records
+        (:mod:`jaxmia.memory`).
 
     Returns:
       FeatureTable with one row per image, in data order; ``meta`` holds the resolved config, seed,
       model digest, versions, per-stage timings, throughput and UNet evaluations per image.
     """
     t_start = time.perf_counter()
+    compile_cache.ensure_default()  # compile once: the persistent cache (jaxmia.compile_cache)
+    compiled_before = compile_cache.snapshot()
     cfg = config if isinstance(config, FeatureConfig) else make_config(config)
     names = parse_features(features)
     columns = plan_columns(names, cfg)
@@ -189,6 +223,7 @@ def extract(
     with_cond = runner.uses_cond(denoiser, data)
     placed = runner.place(denoiser, seed, batch_size, devices, per_device_batch=per_device_batch,
                           mesh_shape=mesh_shape, shard_min_size=shard_min_size)
+    placed, micro = _fit_memory(placed, names, cfg, data, with_cond, device_memory, progress)
     batch_size = placed.batch_size
     identity = run_identity(names, columns, cfg, seed, denoiser, batch_size, placed.per_device_batch)
 
@@ -200,10 +235,14 @@ def extract(
     todo = [sid for sid in data.ids if sid not in done]
 
     host_specs = [get_feature(n) for n in names if get_feature(n).host_columns(cfg)]
-    jit_program = jit_features(names, cfg, with_cond, placed.mesh)
-    has_device_columns = any(get_feature(n).device_columns(cfg) for n in names)
+    jit_program = jit_features(names, cfg, with_cond, placed.mesh, lanes=True)
+    has_device_columns = any(get_feature(n).device_columns(cfg, lanes=True) for n in names)
+    # Lane stages (noise optimisation): one pool each, spanning batches, so no example waits on the
+    # slowest of its batch (jaxmia.features.lanes); a row is done when its lanes have finished.
+    pools = [LanePool(placed, spec.lane, cfg, with_cond) for spec in map(get_feature, names) if spec.lane_columns(cfg)]
+    owed: dict[str, dict] = {}  # rows still waiting for lane columns: their other columns
     host_root = rng.root_key(int(seed)) if host_specs else None  # host stage runs on the default device
-    stages = {"inputs": 0.0, "encode": 0.0, "features": 0.0, "host_features": 0.0, "save_partial": 0.0}
+    stages = {"inputs": 0.0, "encode": 0.0, "features": 0.0, "host_features": 0.0, "lanes": 0.0, "save_partial": 0.0}
     first_batch_s = None
     total = runner.n_batches(len(todo), batch_size)
     bar = Progress("jaxmia features", total=len(todo), enabled=progress)
@@ -211,35 +250,45 @@ def extract(
     for k, batch in enumerate(runner.batches(data, todo, batch_size), start=1):
         t0 = time.perf_counter()
         real_ids = [sid for sid, real in zip(batch.ids, batch.mask) if real]
-        pieces = [(sub.mask, *runner.shard_inputs(placed, sub, with_cond)) for sub in runner.chunks(batch, placed.chunk)]
+        pieces = [(sub.mask, *runner.shard_inputs(placed, sub, with_cond), sub.ids)
+                  for sub in runner.chunks(batch, placed.chunk)]
         t1 = time.perf_counter()
-        pieces = [(mask, jax.block_until_ready(runner.encode(placed, x, id_hash)), cond, id_hash)
-                  for mask, x, cond, id_hash in pieces]
+        pieces = [(mask, jax.block_until_ready(runner.encode(placed, x, id_hash)), cond, id_hash, ids)
+                  for mask, x, cond, id_hash, ids in pieces]
         t2 = time.perf_counter()
         values: dict[str, np.ndarray] = {}
         if has_device_columns:  # dispatch every chunk, then wait: devices never idle between chunks
             outs = [(mask, jit_program(placed.denoiser, x0, cond, placed.root, id_hash))
-                    for mask, x0, cond, id_hash in pieces]
+                    for mask, x0, cond, id_hash, _ in pieces]
             values = {c: np.concatenate([np.asarray(out[c], np.float64)[mask] for mask, out in outs])
                       for c in outs[0][1]}
         t3 = time.perf_counter()
         if host_specs:  # batch-coupled signals: the step's real rows only, no padding
-            x0_real = np.concatenate([np.asarray(x0)[mask] for mask, x0, _, _ in pieces])
-            cond_real = None if not with_cond else np.concatenate([np.asarray(c)[mask] for mask, _, c, _ in pieces])
+            x0_real = np.concatenate([np.asarray(x0)[mask] for mask, x0, _, _, _ in pieces])
+            cond_real = None if not with_cond else np.concatenate([np.asarray(c)[mask] for mask, _, c, _, _ in pieces])
             for spec in host_specs:
                 values.update(spec.host_fn(denoiser, x0_real, cond_real, host_root, batch.id_hash[batch.mask], cfg))
         t4 = time.perf_counter()
-        table_rows = np.stack([values[c] for c in columns], axis=1)
-        for sid, row in zip(real_ids, table_rows):
-            done[sid] = row
+        for i, sid in enumerate(real_ids):
+            owed[sid] = {c: v[i] for c, v in values.items()}
+        for pool in pools:
+            for mask, x0, cond, id_hash, ids in pieces:
+                pool.submit(ids, mask, x0, cond, id_hash)
+            for sid, cols in pool.run(drain=k == total):
+                owed[sid].update(cols)
+        finished = [sid for sid, row in owed.items() if len(row) == len(columns)]
+        for sid in finished:
+            row = owed.pop(sid)
+            done[sid] = np.array([row[c] for c in columns], np.float64)
+        t5 = time.perf_counter()
         if partial is not None:
             _save_partial(partial, identity, done, len(columns))
-        t5 = time.perf_counter()
-        for name, dt in zip(stages, (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t5 - t4)):
+        t6 = time.perf_counter()
+        for name, dt in zip(stages, (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t5 - t4, t6 - t5)):
             stages[name] += dt
         if k == 1:
-            first_batch_s = t5 - t0
-        bar.update(int(batch.mask.sum()))
+            first_batch_s = t6 - t0
+        bar.update(len(finished))
         if on_batch is not None:
             on_batch({"batch": k, "n_batches": total, "images_done": len(done), "n_images": len(data.ids),
                       "images_per_s": bar.rate or None, "eta_s": bar.eta})
@@ -262,9 +311,12 @@ def extract(
         "n_devices": placed.n_devices,
         "mesh_shape": list(placed.mesh_shape),
         "per_device_batch": placed.per_device_batch,
+        "micro_batching": micro,
         "devices": [str(d) for d in placed.mesh.devices.ravel()],
         "unet_evals_per_image": cost.as_dict(),
         "resumed_rows": resumed_rows,
+        "lanes": [{"columns": list(pool.stage.columns(cfg)), **pool.stats, "efficiency": pool.efficiency()}
+                  for pool in pools],
         "identity": identity,
         "versions": _versions(),
         "timings_s": {**{k: round(v, 4) for k, v in stages.items()},
@@ -277,6 +329,7 @@ def extract(
     }
     meta.update(extra_meta or {})
     meta["timings_s"]["total_before_write"] = round(time.perf_counter() - t_start, 4)
+    meta["compile"] = compile_cache.since(compiled_before)  # seconds compiling (or loading), cache hits
     table = FeatureTable(np.asarray(data.ids, dtype=str), columns, values, meta)
     if out is not None:
         save_table(table, out)

@@ -69,6 +69,9 @@ class FeatureSpec:
       parts: the signals a composite (``cdi``) is made of; they share work with each other.
       direction: ``cfg -> {column: "lower" | "higher" | "none"}`` for every column (see the module
         docstring); a composite's is the union of its parts'.
+      lane: a :class:`LaneStage` that computes some columns outside the kernel, one evaluation per
+        compiled call with finished examples replaced by new ones (``extract()`` runs it); the
+        kernel then skips them when ``shared.deferred`` names this signal.
     """
 
     name: str
@@ -80,6 +83,7 @@ class FeatureSpec:
     host_fn: Optional[Callable] = None
     parts: tuple = ()
     doc: str = ""
+    lane: Optional["LaneStage"] = None
 
     def cost(self, cfg: FeatureConfig) -> Cost:
         """UNet evaluations per image when this signal runs alone."""
@@ -95,9 +99,14 @@ class FeatureSpec:
                              f"{', '.join(DIRECTIONS)}: {bad}")
         return got
 
-    def device_columns(self, cfg: FeatureConfig) -> tuple:
-        host = set(self.host_columns(cfg))
-        return tuple(c for c in self.columns(cfg) if c not in host)
+    def lane_columns(self, cfg: FeatureConfig) -> tuple:
+        """Columns of the lane stage (empty without one, or when it does not apply to ``cfg``)."""
+        return tuple(self.lane.columns(cfg)) if self.lane is not None else ()
+
+    def device_columns(self, cfg: FeatureConfig, *, lanes: bool = False) -> tuple:
+        """Columns of the vmapped kernel program: all but the host's, and with ``lanes`` but the lanes'."""
+        other = set(self.host_columns(cfg)) | (set(self.lane_columns(cfg)) if lanes else set())
+        return tuple(c for c in self.columns(cfg) if c not in other)
 
 
 FEATURES: dict[str, FeatureSpec] = {}
@@ -112,6 +121,7 @@ def register_feature(
     host_columns: Callable[[FeatureConfig], tuple] | None = None,
     host_fn: Callable | None = None,
     parts: Sequence[str] = (),
+    lane: "LaneStage | None" = None,
 ):
     """Decorator: registers ``kernel`` under ``name`` (an existing name is an error).
 
@@ -130,7 +140,7 @@ def register_feature(
             raise ValueError(f"feature {name!r} is already registered")
         FEATURES[name] = FeatureSpec(
             name=name, kernel=kernel, columns=columns, work=work, direction=direction,
-            host_columns=host_columns or (lambda cfg: ()), host_fn=host_fn, parts=tuple(parts),
+            host_columns=host_columns or (lambda cfg: ()), host_fn=host_fn, parts=tuple(parts), lane=lane,
             doc=(kernel.__doc__ or "").strip().split("\n")[0],
         )
         return kernel
@@ -216,14 +226,44 @@ class SharedWork:
 
     It lives for one trace of one per-example function: ``get(name, compute)`` returns the traced
     value computed the first time, so XLA sees the computation once. ``requested`` tells a signal
-    which others run beside it (ML reads GM's forward passes only when GM runs too).
+    which others run beside it (ML reads GM's forward passes only when GM runs too); ``deferred``
+    names the signals whose lane stage produces their columns outside this program.
     """
 
-    def __init__(self, requested: Iterable[str]):
+    def __init__(self, requested: Iterable[str], deferred: Iterable[str] = ()):
         self.requested = expand_requested(requested)
+        self.deferred = frozenset(deferred)
         self._memo: dict = {}
 
     def get(self, name: str, compute: Callable):
         if name not in self._memo:
             self._memo[name] = compute()
         return self._memo[name]
+
+
+@dataclasses.dataclass(frozen=True)
+class LaneStage:
+    """A per-example iterative signal run as a state machine, one evaluation per step (noise optimisation).
+
+    Each example is a *lane*: ``init`` builds its state, ``step`` makes one model evaluation and
+    updates it, ``running`` says whether it wants another, ``outputs`` reads its columns, ``evals``
+    counts the evaluations it has made. All are pure functions of ONE example (vmapped by the
+    driver, :mod:`jaxmia.features.lanes`), so a lane's result never depends on the other lanes of a
+    call: the driver can refill a finished lane's slot with a new example between calls instead of
+    waiting for the slowest one.
+
+    Attributes:
+      columns: ``cfg -> columns produced by the lanes`` (empty: the signal runs in its kernel).
+      init: ``(denoiser, x0, cond, key: SampleKey, cfg) -> state``.
+      step: ``(denoiser, state, cfg) -> state``.
+      running: ``(state, cfg) -> bool``.
+      outputs: ``(state, cfg) -> {column: scalar}``.
+      evals: ``state -> int32`` (model evaluations, each one forward and one backward pass).
+    """
+
+    columns: Callable[[FeatureConfig], tuple]
+    init: Callable
+    step: Callable
+    running: Callable
+    outputs: Callable
+    evals: Callable

@@ -106,8 +106,10 @@ def loss_sweep(
     Returns:
       float64 array (images, timesteps, draws), rows in the order of ``data``.
     """
+    from jaxmia import compile_cache
     from jaxmia.features import runner
 
+    compile_cache.ensure_default()  # compile once: the persistent cache
     check_norm(norm)
     ts = tuple(int(t) for t in timesteps)
     if not ts:
