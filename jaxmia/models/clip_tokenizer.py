@@ -73,16 +73,13 @@ IMPLEMENTATION_VERSION = "1"
 
 
 def bytes_to_unicode() -> dict[int, str]:
-    """GPT-2's reversible byte → printable character table: printable Latin-1 bytes map to themselves,
-    the other 68 bytes to ``chr(256 + n)`` in byte order (Radford et al. 2019, ``encoder.py``)."""
+    """GPT-2's reversible byte → printable character table, in its order (the order of CLIP's first
+    256 vocabulary entries): the printable Latin-1 bytes map to themselves, then the other 68 bytes,
+    in byte order, to ``chr(256 + n)`` (Radford et al. 2019, ``encoder.py``)."""
     printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
-    table, extra = {}, 0
-    for b in range(256):
-        if b in printable:
-            table[b] = chr(b)
-        else:
-            table[b] = chr(256 + extra)
-            extra += 1
+    table = {b: chr(b) for b in printable}
+    extra = [b for b in range(256) if b not in table]
+    table.update({b: chr(256 + n) for n, b in enumerate(extra)})
     return table
 
 
@@ -198,8 +195,8 @@ class CLIPTokenizer:
       source: the folder, for messages.
     """
 
-    vocab: Mapping[str, int]
-    ranks: Mapping[tuple, int]
+    vocab: Mapping[str, int] = dataclasses.field(repr=False)
+    ranks: Mapping[tuple, int] = dataclasses.field(repr=False)
     added: Mapping[str, int]
     added_normalized: Mapping[str, int]
     bos_id: int
