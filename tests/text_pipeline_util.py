@@ -117,7 +117,7 @@ def tiny_text_pipeline(folder, seed: int = 0) -> Path:
         vocab_size=len(vocab), bos_token_id=vocab["<|startoftext|>"], eos_token_id=vocab["<|endoftext|>"],
         pad_token_id=vocab["<|endoftext|>"], **CLIP)).eval()
     scheduler = diffusers.DDPMScheduler(num_train_timesteps=1000, beta_schedule="scaled_linear",
-                                        beta_start=0.00085, beta_end=0.012)
+                                        beta_start=0.00085, beta_end=0.012, steps_offset=1, clip_sample=False)
     pipe = diffusers.StableDiffusionPipeline(vae=vae, text_encoder=text, tokenizer=tokenizer, unet=unet,
                                              scheduler=scheduler, safety_checker=None, feature_extractor=None,
                                              requires_safety_checker=False)
