@@ -245,3 +245,37 @@ def _torch_preprocess_float(values):
                                         align_corners=False).clamp(0, 255) / 255.0
     mean, std = torch.tensor(clip_vision.OPENAI_CLIP_MEAN), torch.tensor(clip_vision.OPENAI_CLIP_STD)
     return ((x - mean[:, None, None]) / std[:, None, None]).numpy().transpose(0, 2, 3, 1)
+
+
+def test_audit_drc_stage_uses_the_embedder(tmp_path):
+    """``audit.drc_embedder``: the DRC evidence of an audit is scored by CLIP cosine (greyscale → RGB)."""
+    from jaxmia.audit import load_config, run_audit
+    from jaxmia.data import digits
+    from jaxmia.models import build_model, init_params, save_unet
+
+    _saved(tmp_path / "clip")
+    tiny = {"_class_name": "UNet2DModel", "sample_size": 8, "in_channels": 1, "out_channels": 1,
+            "block_out_channels": [8, 16], "layers_per_block": 1, "norm_num_groups": 4,
+            "down_block_types": ["DownBlock2D", "AttnDownBlock2D"], "up_block_types": ["AttnUpBlock2D", "UpBlock2D"],
+            "attention_head_dim": None}
+    save_unet(tmp_path / "target" / "unet", tiny, init_params(build_model(tiny).module, 0))
+    (tmp_path / "target" / "scheduler").mkdir()
+    (tmp_path / "target" / "scheduler" / "scheduler_config.json").write_text(json.dumps(
+        {"_class_name": "DDPMScheduler", "num_train_timesteps": 1000, "beta_schedule": "linear"}))
+    ids, images, _ = digits(8)
+    write_npz(tmp_path / "p.npz", ids[:6], images[:6])
+    write_npz(tmp_path / "u.npz", ids[6:12], images[6:12])
+    cfg = load_config(None, {"audit": {"features": "loss", "null_splits": 0, "drc_images": 1,
+                                       "drc_embedder": str(tmp_path / "clip")},
+                             "cdi": {"permutations": 19, "curve_reps": 5},
+                             "drc": {"kinds": ["center"], "ratios": [0.25], "steps": 2}})
+    report = run_audit(str(tmp_path / "target"), str(tmp_path / "p.npz"), str(tmp_path / "u.npz"), tmp_path / "out",
+                       cfg, quiet=True)
+    drc = report["drc"]
+    assert drc["metric"] == "cos" and drc["embedder"]["output"] == "image_embeds"
+    for side in ("published", "unpublished"):
+        assert -1.0 <= drc[side]["mean_cos"] <= 1.0
+        table = load_table(tmp_path / "out" / "drc" / side / "drc_scores.npz")
+        assert table.meta["drc"]["config"]["metrics"] == ["mse", "psnr", "ssim", "cos"]
+        assert drc[side]["mean_cos"] == pytest.approx(float(table.column("drc_cos_center_r25").mean()))
+    assert report["config"]["audit"]["drc_embedder"] == str(tmp_path / "clip")
