@@ -53,7 +53,8 @@ def captions_option(command):
     return click.option(
         "--captions", default=None, type=click.Path(exists=True, dir_okay=False), metavar="FILE",
         help="Captions of a text-conditional model's images (.jsonl/.csv/.json: id or file_name -> text), "
-             "encoded by the pipeline's tokenizer and text encoder [the image folder's metadata.jsonl/.csv].")(command)
+             "encoded by the pipeline's tokenizer and text encoder and cached in text_embeddings/ beside the "
+             "output [the image folder's metadata.jsonl/.csv].")(command)
 
 
 def caption_dataset(model, denoiser, dataset, captions, cache_dir, family):

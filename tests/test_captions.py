@@ -180,3 +180,17 @@ def test_features_and_audit_from_captioned_folders(world, tmp_path):
         info = report["captions"][side]
         assert info["n"] == 5 and info["captions"].endswith("captions.jsonl") and info["max_length"] == 77
     assert 0 < report["verdict"]["p_value"] <= 1 and report["verdict"]["n_p"] == 5
+
+
+def test_text_model_without_captions_or_embeddings_is_refused(world, tmp_path):
+    root, pipe = world
+    dataset = load_dataset(root / "P", image_shape=(16, 16, 3))
+    write_npz(tmp_path / "bare.npz", dataset.ids, dataset.images)
+    result = CliRunner().invoke(main, ["features", str(pipe), str(tmp_path / "bare.npz"), "--out",
+                                       str(tmp_path / "x.npz")])
+    assert result.exit_code == 2 and len(result.output.strip().splitlines()) == 1
+    assert "bare.npz: the model is text-conditional and the data carry no text embeddings" in result.output
+    (tmp_path / "c.json").write_text(json.dumps({i: "a cat" for i in dataset.ids}))
+    unet_only = CliRunner().invoke(main, ["features", "demo", "demo:members", "--captions", str(tmp_path / "c.json"),
+                                          "--out", str(tmp_path / "y.npz")])
+    assert unet_only.exit_code == 2 and "'none'-conditional; captions are for text-conditional models" in unet_only.output

@@ -248,34 +248,24 @@ def _torch_preprocess_float(values):
 
 
 def test_audit_drc_stage_uses_the_embedder(tmp_path):
-    """``audit.drc_embedder``: the DRC evidence of an audit is scored by CLIP cosine (greyscale → RGB)."""
-    from jaxmia.audit import load_config, run_audit
-    from jaxmia.data import digits
-    from jaxmia.models import build_model, init_params, save_unet
+    """``audit.drc_embedder`` (a config field): the audit's DRC stage is scored by CLIP cosine (greyscale → RGB)."""
+    from jaxmia.audit import load_config
+    from jaxmia.audit.run import _drc_evidence
 
     _saved(tmp_path / "clip")
-    tiny = {"_class_name": "UNet2DModel", "sample_size": 8, "in_channels": 1, "out_channels": 1,
-            "block_out_channels": [8, 16], "layers_per_block": 1, "norm_num_groups": 4,
-            "down_block_types": ["DownBlock2D", "AttnDownBlock2D"], "up_block_types": ["AttnUpBlock2D", "UpBlock2D"],
-            "attention_head_dim": None}
-    save_unet(tmp_path / "target" / "unet", tiny, init_params(build_model(tiny).module, 0))
-    (tmp_path / "target" / "scheduler").mkdir()
-    (tmp_path / "target" / "scheduler" / "scheduler_config.json").write_text(json.dumps(
-        {"_class_name": "DDPMScheduler", "num_train_timesteps": 1000, "beta_schedule": "linear"}))
-    ids, images, _ = digits(8)
-    write_npz(tmp_path / "p.npz", ids[:6], images[:6])
-    write_npz(tmp_path / "u.npz", ids[6:12], images[6:12])
-    cfg = load_config(None, {"audit": {"features": "loss", "null_splits": 0, "drc_images": 1,
-                                       "drc_embedder": str(tmp_path / "clip")},
-                             "cdi": {"permutations": 19, "curve_reps": 5},
+    rng = np.random.default_rng(0)
+    x_star = rng.uniform(-1, 1, (3, 8, 8, 1)).astype(np.float32)
+    denoiser = analytic_denoiser(x_star, make_schedule(num_train_timesteps=1000))
+    p_set = Dataset(["p0", "p1", "p2"], x_star, None, "P")
+    u_set = Dataset(["u0", "u1"], rng.uniform(-1, 1, (2, 8, 8, 1)).astype(np.float32), None, "U")
+    cfg = load_config(None, {"audit": {"drc_images": 2, "drc_embedder": str(tmp_path / "clip")},
                              "drc": {"kinds": ["center"], "ratios": [0.25], "steps": 2}})
-    report = run_audit(str(tmp_path / "target"), str(tmp_path / "p.npz"), str(tmp_path / "u.npz"), tmp_path / "out",
-                       cfg, quiet=True)
-    drc = report["drc"]
+    assert cfg.to_dict()["audit"]["drc_embedder"] == str(tmp_path / "clip")
+    drc = _drc_evidence(denoiser, p_set, u_set, cfg, tmp_path / "drc", quiet=True)
     assert drc["metric"] == "cos" and drc["embedder"]["output"] == "image_embeds"
     for side in ("published", "unpublished"):
-        assert -1.0 <= drc[side]["mean_cos"] <= 1.0
-        table = load_table(tmp_path / "out" / "drc" / side / "drc_scores.npz")
+        table = load_table(tmp_path / "drc" / side / "drc_scores.npz")
         assert table.meta["drc"]["config"]["metrics"] == ["mse", "psnr", "ssim", "cos"]
         assert drc[side]["mean_cos"] == pytest.approx(float(table.column("drc_cos_center_r25").mean()))
-    assert report["config"]["audit"]["drc_embedder"] == str(tmp_path / "clip")
+    assert drc["published"]["mean_cos"] == pytest.approx(1.0, abs=1e-4)  # members restored (almost) exactly
+    assert drc["unpublished"]["mean_cos"] < 0.999

@@ -215,6 +215,10 @@ def attach_captions(model, denoiser, dataset, *, captions=None, folder=None, cac
     if denoiser.cond_kind != "text":
         raise ValueError(f"captions are for text-conditional models; {model} is {denoiser.cond_kind!r}-conditional")
     folder = dataset.source if folder is None and dataset.source and Path(dataset.source).is_dir() else folder
+    if captions is None and folder is None:
+        raise ValueError(f"{dataset.source or 'the data set'}: the model is text-conditional and the data carry no "
+                         "text embeddings; captions come from an image folder's metadata.jsonl / metadata.csv or a "
+                         "captions file (--captions FILE)")
     texts, source = captions_for(dataset.ids, captions=captions, folder=folder)
     encoder_dir, tokenizer_dir = find_text_components(model if text_pipeline is None else text_pipeline)
     emb, info = caption_embeddings(encoder_dir, tokenizer_dir, texts, cache_dir=cache_dir)
