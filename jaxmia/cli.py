@@ -54,6 +54,22 @@ def model_options(command):
         help="A scheduler_config.json, or a folder holding one, to use instead of the model folder's.")(command)
 
 
+def captions_option(command):
+    """``--captions``: what commands that feed a text-conditional model accept."""
+    return click.option(
+        "--captions", default=None, type=click.Path(exists=True, dir_okay=False), metavar="FILE",
+        help="Captions of a text-conditional model's images (.jsonl/.csv/.json: id or file_name -> text), "
+             "encoded by the pipeline's tokenizer and text encoder and cached in text_embeddings/ beside the "
+             "output [the image folder's metadata.jsonl/.csv].")(command)
+
+
+def caption_dataset(model, denoiser, dataset, captions, cache_dir, family):
+    """A text-conditional model's data set with its captions' embeddings (else unchanged)."""
+    from jaxmia.models.text_conditioning import maybe_attach_captions
+
+    return maybe_attach_captions(model, denoiser, dataset, captions=captions, cache_dir=cache_dir, family=family)[0]
+
+
 def load_model(model, scheduler, family):
     from jaxmia.models import load_denoiser
 
@@ -84,9 +100,13 @@ def _float_list(text: str, option: str) -> tuple:
 @click.option("--ratios", default=None, help="Hole ratios, comma-separated [0.1,0.2,0.3,0.4,0.5].")
 @click.option("--kinds", default=None, help="Mask kinds: center, rect, patches [center,patches].")
 @click.option("--evidence", default=4, show_default=True, type=int, help="Images with evidence PNGs.")
+@click.option("--embedder", default=None, type=click.Path(exists=True, file_okay=False), metavar="PATH",
+              help="A transformers CLIPVisionModel / CLIPModel folder: score by the cosine similarity of the CLIP image "
+                   "embeddings of original and restoration (the paper's compare) [pixel metrics only].")
+@captions_option
 @model_options
 def drc_command(model, data, out_dir, seed, batch_size, per_device_batch, steps, strength, eta, ratios, kinds, evidence,
-                scheduler, family):
+                embedder, captions, scheduler, family):
     """DRC-style membership scores: degrade MODEL's view of DATA, restore, compare.
 
     Writes OUT/drc_scores.npz (one column per metric and task) and evidence PNGs.
@@ -97,10 +117,17 @@ def drc_command(model, data, out_dir, seed, batch_size, per_device_batch, steps,
     overrides = {"steps": steps, "strength": strength, "eta": eta, "kinds": kinds,
                  "ratios": None if ratios is None else _float_list(ratios, "--ratios")}
     cfg = DRCConfig.from_dict({k: v for k, v in overrides.items() if v is not None})
+    embed_fn = None
+    if embedder is not None:
+        from jaxmia.drc import with_embedding_metric
+        from jaxmia.models.clip_vision import clip_image_embedder
+
+        cfg, embed_fn = with_embedding_metric(cfg), clip_image_embedder(embedder)
     denoiser = load_model(model, scheduler, family)
     dataset = load_dataset(data, image_shape=denoiser.input_shape)
+    dataset = caption_dataset(model, denoiser, dataset, captions, Path(out_dir) / "text_embeddings", family)
     result = run_drc(denoiser, dataset, cfg, out_dir, batch_size=batch_size, per_device_batch=per_device_batch,
-                     seed=seed, evidence=evidence)
+                     seed=seed, evidence=evidence, embed_fn=embed_fn)
     click.echo(f"DRC-style (jaxmia recipe): {result['n_images']} images, {len(result['columns'])} columns, "
                f"{result['network_calls_per_image']} network calls per image, {result['seconds']:.1f}s")
     click.echo(f"scores: {result['table']}")
@@ -141,9 +168,10 @@ def _int_list(text: str, option: str) -> tuple:
 @click.option("--process-id", default=None, type=int, help="This process's k in 0..P-1 [$JAX_PROCESS_ID].")
 @click.option("--distributed", is_flag=True,
               help="Join a jax.distributed run detected from TPU pod / SLURM / Open MPI.")
+@captions_option
 @model_options
 def features_command(model, data, features, out, seed, batch_size, per_device_batch, mesh, preset, overrides,
-                     coordinator, num_processes, process_id, distributed, scheduler, family):
+                     coordinator, num_processes, process_id, distributed, captions, scheduler, family):
     """Extract per-image features of DATA under MODEL into a feature table (resumable, shardable)."""
     from jaxmia.data import load_dataset
     from jaxmia.distributed import extract_sharded, process_layout
@@ -154,6 +182,7 @@ def features_command(model, data, features, out, seed, batch_size, per_device_ba
     cfg = make_config(preset, **parse_overrides(overrides))
     denoiser = load_model(model, scheduler, family)
     dataset = load_dataset(data, image_shape=denoiser.input_shape)
+    dataset = caption_dataset(model, denoiser, dataset, captions, Path(out).parent / "text_embeddings", family)
     run = extract_sharded(denoiser, dataset, features, out=out, layout=layout, seed=seed, batch_size=batch_size,
                           per_device_batch=per_device_batch, mesh_shape=mesh_shape, config=cfg)
     table = run.table
@@ -335,16 +364,18 @@ def _print_verdict(label: str, report: dict) -> None:
 @click.option("--batch-size", type=int, default=None)
 @click.option("--set", "sets", multiple=True, help="override SECTION.FIELD=VALUE, e.g. cdi.permutations=200")
 @click.option("--quiet", is_flag=True, help="no progress output")
+@captions_option
 @model_options
 def audit_command(model, published, unpublished, out_dir, config_file, features, n, alpha, seed, batch_size, sets,
-                  quiet, scheduler, family):
+                  quiet, captions, scheduler, family):
     """Audit MODEL: was it trained on the published set P? Writes report.json and report.html."""
     from jaxmia.audit import run_audit
 
     cfg = _audit_config(config_file, sets, audit__features=features, audit__n=n, cdi__alpha=alpha,
                         audit__seed=seed, audit__batch_size=batch_size,
                         audit__scheduler=None if scheduler is None else str(Path(scheduler).resolve()),
-                        audit__family=family)
+                        audit__family=family,
+                        audit__captions=None if captions is None else str(Path(captions).resolve()))
     report = run_audit(model, published, unpublished, out_dir, cfg, quiet=quiet)
     _print_verdict("verdict", report)
     click.echo(f"report: {report['outputs']['html']}")

@@ -50,6 +50,12 @@ class AuditSettings:
       duplicates: images with identical pixels within P or within U (they count the same evidence
         twice): ``drop`` all but one of each group, ``refuse``, or ``keep``. Images shared by P and U
         are always refused (:mod:`jaxmia.data.duplicates`).
+      captions: a text-conditional model's captions file for P and U (``--captions``; see
+        :mod:`jaxmia.data.captions`); None reads each image folder's ``metadata.jsonl`` / ``.csv``.
+        Encoded by the model pipeline's tokenizer and text encoder, cached in ``OUT/text_embeddings``.
+      drc_embedder: a transformers ``CLIPVisionModel`` / ``CLIPModel`` folder: the DRC stage scores
+        by the cosine similarity of CLIP image embeddings (:mod:`jaxmia.models.clip_vision`) as well
+        as the pixel metrics, and aggregates that; None: pixel metrics only.
     """
 
     features: str = "cdi"
@@ -66,6 +72,8 @@ class AuditSettings:
     scheduler: Optional[str] = None
     family: Optional[str] = None
     duplicates: str = "drop"
+    captions: Optional[str] = None
+    drc_embedder: Optional[str] = None
 
     def __post_init__(self):
         if self.n is not None and self.n < 5:

@@ -15,6 +15,7 @@ Stages (each resumable; rerunning the same command in the same folder continues)
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import platform
@@ -71,13 +72,20 @@ def _load_sets(model, published, unpublished, settings):
     return denoiser, p, u, checks
 
 
-def side_features(denoiser, dataset, cfg: AuditConfig, cache_dir: Path, *, quiet: bool = False) -> FeatureTable:
-    """Features of one side, cached by (ids, features, config, seed, model): reruns reuse or resume them."""
+def side_features(denoiser, dataset, cfg: AuditConfig, cache_dir: Path, *, quiet: bool = False,
+                  conditioning: str | None = None) -> FeatureTable:
+    """Features of one side, cached by (ids, features, config, seed, model): reruns reuse or resume them.
+
+    ``conditioning``: a digest of the side's caption embeddings, when they came from captions (a
+    changed caption then changes the cache key).
+    """
     from jaxmia.features import extract
 
     key = {"ids": _ids_digest(dataset.ids), "features": cfg.audit.features, "config": cfg.features.to_dict(),
            "seed": cfg.audit.seed, "model": denoiser.digest, "per_device_batch": cfg.audit.per_device_batch,
            "schedule": schedule_digest(denoiser.schedule)}
+    if conditioning is not None:
+        key["conditioning"] = conditioning
     name = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
     path = cache_dir / f"features-{name}.npz"
     if path.exists():
@@ -151,12 +159,14 @@ def run_audit(model, published, unpublished, out_dir, config: AuditConfig | None
     for line in describe_record(data_checks):
         _say(line, quiet)
     _say(f"P = {p_set.source} ({len(p_set)} images), U = {u_set.source} ({len(u_set)} images)", quiet)
+    p_set, u_set, captions = _caption_sets(model, denoiser, p_set, u_set, cfg.audit, out, quiet)
     timings["load"] = time.perf_counter() - t
 
     t = time.perf_counter()
     cache = Path(features_dir) if features_dir is not None else out / "features"
-    p_table = side_features(denoiser, p_set, cfg, cache, quiet=quiet)
-    u_table = side_features(denoiser, u_set, cfg, cache, quiet=quiet)
+    digests = {side: info["embeddings_digest"] for side, info in (captions or {}).items()}
+    p_table = side_features(denoiser, p_set, cfg, cache, quiet=quiet, conditioning=digests.get("published"))
+    u_table = side_features(denoiser, u_set, cfg, cache, quiet=quiet, conditioning=digests.get("unpublished"))
     timings["features"] = time.perf_counter() - t
 
     t = time.perf_counter()
@@ -205,6 +215,7 @@ def run_audit(model, published, unpublished, out_dir, config: AuditConfig | None
         "mia_context": {k: {m: v for m, v in col.items() if m != "scores_oriented"}
                         for k, col in (mia.get("columns") or {}).items()},
         "drc": drc,
+        "captions": captions,
         "data_checks": {"duplicates": data_checks},
         "published": {"source": p_set.source, "n": len(p_set)},
         "unpublished": {"source": u_set.source, "n": len(u_set)},
@@ -222,16 +233,53 @@ def run_audit(model, published, unpublished, out_dir, config: AuditConfig | None
     return report
 
 
-def _drc_evidence(denoiser, p_set, u_set, cfg: AuditConfig, out: Path, quiet: bool) -> dict:
-    from jaxmia.drc import run_drc
+def _caption_sets(model, denoiser, p_set, u_set, settings, out: Path, quiet: bool):
+    """P and U with their captions' embeddings, for a text-conditional model (else unchanged).
 
+    Returns (P, U, {side: info} for the sides captioned here, or None).
+    """
+    from jaxmia.models import Denoiser
+    from jaxmia.models.text_conditioning import maybe_attach_captions
+
+    if denoiser.cond_kind != "text" and settings.captions is None:
+        return p_set, u_set, None
+    if isinstance(model, Denoiser):
+        if settings.captions is not None:
+            raise ValueError("audit.captions needs a model path (its pipeline holds the text encoder); this model "
+                             "is a loaded Denoiser: pass data sets that carry text embeddings")
+        return p_set, u_set, None
+    if settings.captions is not None:
+        shared = sorted(set(p_set.ids) & set(u_set.ids))
+        if shared:
+            raise ValueError(f"{settings.captions}: one captions file for P and U, but both hold an image "
+                             f"{shared[0]!r}; caption each folder with its own metadata.jsonl instead")
+    infos = {}
+    sides = []
+    for side, ds in (("published", p_set), ("unpublished", u_set)):
+        ds, info = maybe_attach_captions(model, denoiser, ds, captions=settings.captions,
+                                         cache_dir=out / "text_embeddings", family=settings.family, quiet=quiet)
+        sides.append(ds)
+        if info is not None:
+            infos[side] = info
+    return sides[0], sides[1], (infos or None)
+
+
+def _drc_evidence(denoiser, p_set, u_set, cfg: AuditConfig, out: Path, quiet: bool) -> dict:
+    from jaxmia.drc import run_drc, with_embedding_metric
+
+    drc_cfg, embed_fn = cfg.drc, None
+    if cfg.audit.drc_embedder is not None:
+        from jaxmia.models.clip_vision import clip_image_embedder
+
+        drc_cfg, embed_fn = with_embedding_metric(cfg.drc), clip_image_embedder(cfg.audit.drc_embedder)
+    cfg = dataclasses.replace(cfg, drc=drc_cfg)
     k = cfg.audit.drc_images
     p_few = p_set.take(min(k, len(p_set)), seed=cfg.audit.seed + 2)
     u_few = u_set.take(min(k, len(u_set)), seed=cfg.audit.seed + 3)
     result = {}
     for side, ds in (("published", p_few), ("unpublished", u_few)):
         r = run_drc(denoiser, ds, cfg.drc, out / side, per_device_batch=max(1, min(k, 8)), seed=cfg.audit.seed,
-                    progress=not quiet, evidence=len(ds))
+                    progress=not quiet, evidence=len(ds), embed_fn=embed_fn)
         table = load_table(r["table"])
         metric = [c for c in table.names if c.startswith(f"drc_{cfg.drc.score_metric}_")]
         result[side] = {
@@ -240,6 +288,8 @@ def _drc_evidence(denoiser, p_set, u_set, cfg: AuditConfig, out: Path, quiet: bo
             "mean_" + cfg.drc.score_metric: float(table.select(metric).values.mean()) if metric else None,
         }
     result["metric"] = cfg.drc.score_metric
+    if embed_fn is not None:
+        result["embedder"] = embed_fn.info
     return result
 
 

@@ -18,6 +18,7 @@ from jaxmia.drc.config import MASK_KINDS  # noqa: F401
 from jaxmia.drc.config import METRICS  # noqa: F401
 from jaxmia.drc.config import Task  # noqa: F401
 from jaxmia.drc.config import tasks  # noqa: F401
+from jaxmia.drc.config import with_embedding_metric  # noqa: F401
 from jaxmia.drc.driver import jit_drc_batch  # noqa: F401
 from jaxmia.drc.driver import run_drc  # noqa: F401
 from jaxmia.drc.evidence import evidence_grid  # noqa: F401

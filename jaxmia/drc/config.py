@@ -138,6 +138,15 @@ class DRCConfig:
         return tuple(m for m in self.metrics if m in JAX_METRICS)
 
 
+def with_embedding_metric(cfg: DRCConfig) -> DRCConfig:
+    """``cfg`` scoring by the embedding cosine as the paper does (mia-methods.md §4.1, "Compare"):
+    ``cos`` joins the exported metrics and becomes the ``score_metric`` aggregated across tasks; the
+    pixel metrics stay as extra columns. Run it with an ``embed_fn`` (e.g.
+    :func:`jaxmia.models.clip_vision.clip_image_embedder`)."""
+    metrics = cfg.metrics if "cos" in cfg.metrics else (*cfg.metrics, "cos")
+    return cfg.replace(metrics=metrics, score_metric="cos")
+
+
 def tasks(cfg: DRCConfig) -> list[Task]:
     """The restoration tasks of ``cfg``, kind-major, then ratio, then mask index."""
     out = []

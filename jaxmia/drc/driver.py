@@ -147,7 +147,9 @@ def run_drc(
       holes: for the ``user`` mask kind: (N, H, W) 0/1 arrays (1 = hole) or (N, 4) boxes
         (top, left, height, width), in dataset order, or one shared (H, W) / (4,).
       embed_fn: for the ``cos`` metric: ``embed_fn(images (n, H, W, C) in [−1, 1]) -> (n, D)``,
-        called on the host with NumPy arrays (any framework); scored by cosine similarity.
+        called on the host with NumPy arrays (any framework); scored by cosine similarity. Its
+        ``info`` attribute (a JSON-ready dict, e.g. the CLIP folder and weights digest of
+        :func:`jaxmia.models.clip_vision.clip_image_embedder`), if any, is recorded in the metadata.
       batch_size: images per step, the unit of progress (default: one chunk, ``per_device_batch``
         x data-axis devices); it does not change the values.
       devices: devices to shard the batch over (default: all local devices).
@@ -202,6 +204,8 @@ def run_drc(
         values=np.concatenate([values[m] for m in cfg.metrics], axis=1),
         meta=_meta(denoiser, dataset, cfg, seed, runner, devices, plan, task_list, fractions, timing),
     )
+    if embed_fn is not None:
+        table.meta["drc"]["embedder"] = getattr(embed_fn, "info", {"kind": type(embed_fn).__name__})
     table_path = save_table(table, out_dir / TABLE_NAME)
 
     member_like, nonmember_like, paths, summary = [], [], [], None

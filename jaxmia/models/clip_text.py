@@ -290,8 +290,8 @@ def _read_state_dict(folder: Path) -> tuple[dict, str]:
         return out, str(index)
     others = sorted(p.name for p in folder.iterdir() if p.suffix in PICKLE_SUFFIXES)
     if others:
-        raise ValueError(f"{folder / others[0]}: jaxmia reads CLIP text weights from {WEIGHTS_NAME} only (never "
-                         f"pickles); re-save with CLIPTextModel.save_pretrained(dir, safe_serialization=True)")
+        raise ValueError(f"{folder / others[0]}: jaxmia reads CLIP weights from {WEIGHTS_NAME} only (never "
+                         f"pickles); re-save with model.save_pretrained(dir, safe_serialization=True)")
     raise FileNotFoundError(f"{folder}: no {WEIGHTS_NAME}")
 
 
