@@ -95,7 +95,8 @@ def format_description(d: dict) -> list[str]:
         lines.append(f"conditioning class ({extra}); the data must carry labels")
     elif cond["kind"] == "text":
         shape = f"({cond['context_length'] or 'L'}, {cond['context_dim'] or 'D'})"
-        lines.append(f"conditioning text: a {shape} embedding per image (text_embeddings in the data)")
+        lines.append(f"conditioning text: a {shape} embedding per image (text_embeddings in the data, or captions: "
+                     f"metadata.jsonl / metadata.csv beside the images, or --captions FILE)")
     else:
         lines.append("conditioning none")
     lat = d["latent"]
