@@ -41,6 +41,7 @@ import numpy as np
 
 from jaxmia.models import convert
 from jaxmia.models.attention import dot_product_attention, layer_norm
+from jaxmia.models import typed_config
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -103,28 +104,7 @@ class CLIPTextConfig:
         model_type = config.get("model_type", "clip_text_model")
         if model_type != "clip_text_model":
             raise ValueError(f"{source}: model_type is {model_type!r}, not 'clip_text_model' (a CLIPTextModel folder)")
-        fields = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(k for k in config if k not in fields and k not in _GENERIC_KEYS and not str(k).startswith("_"))
-        if unknown:
-            raise ValueError(f"{source}: unknown CLIPTextModel config key(s) {', '.join(map(repr, unknown))}")
-        values = {}
-        for name in fields:
-            if name not in config:
-                continue
-            value = config[name]
-            if name == "hidden_act":
-                if not isinstance(value, str):
-                    raise ValueError(f"{source}: hidden_act={value!r} must be a string")
-            elif name == "layer_norm_eps":
-                if isinstance(value, bool) or not isinstance(value, (int, float)):
-                    raise ValueError(f"{source}: layer_norm_eps={value!r} must be a number")
-                value = float(value)
-            elif isinstance(value, bool) or not isinstance(value, int):
-                raise ValueError(f"{source}: {name}={value!r} must be an integer")
-            values[name] = value
-        out = cls(**values)
-        out.validate(source=source)
-        return out
+        return typed_config.from_mapping(cls, config, what="CLIPTextModel", source=source, ignore=_GENERIC_KEYS)
 
     def validate(self, *, source: str = "config") -> None:
         if self.hidden_act not in HIDDEN_ACTIVATIONS:

@@ -49,6 +49,7 @@ from jaxmia.fileio import read_json
 from jaxmia.models import convert
 from jaxmia.models.attention import layer_norm
 from jaxmia.models.clip_text import _GENERIC_KEYS, HIDDEN_ACTIVATIONS, CLIPEncoderLayer, _read_state_dict
+from jaxmia.models import typed_config
 
 CONFIG_NAME = "config.json"
 PREPROCESSOR_NAME = "preprocessor_config.json"
@@ -104,28 +105,7 @@ class CLIPVisionConfig:
 
     @classmethod
     def _from_fields(cls, config: Mapping[str, Any], *, source: str) -> "CLIPVisionConfig":
-        fields = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(k for k in config if k not in fields and k not in _GENERIC_KEYS and not str(k).startswith("_"))
-        if unknown:
-            raise ValueError(f"{source}: unknown CLIPVisionModel config key(s) {', '.join(map(repr, unknown))}")
-        values = {}
-        for name in fields:
-            if name not in config:
-                continue
-            value = config[name]
-            if name == "hidden_act":
-                if not isinstance(value, str):
-                    raise ValueError(f"{source}: hidden_act={value!r} must be a string")
-            elif name == "layer_norm_eps":
-                if isinstance(value, bool) or not isinstance(value, (int, float)):
-                    raise ValueError(f"{source}: layer_norm_eps={value!r} must be a number")
-                value = float(value)
-            elif isinstance(value, bool) or not isinstance(value, int):
-                raise ValueError(f"{source}: {name}={value!r} must be an integer")
-            values[name] = value
-        out = cls(**values)
-        out.validate(source=source)
-        return out
+        return typed_config.from_mapping(cls, config, what="CLIPVisionModel", source=source, ignore=_GENERIC_KEYS)
 
     def validate(self, *, source: str = "config") -> None:
         if self.hidden_act not in HIDDEN_ACTIVATIONS:

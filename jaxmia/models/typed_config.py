@@ -42,22 +42,32 @@ def _coerce(key: str, value: Any, hint, source: str):
     raise AssertionError(f"no type rule for config key {key!r} ({hint})")
 
 
-def from_config(cls, config: Mapping[str, Any], class_name: str, *, source: str = "config"):
-    """``cls(**config)`` with every key checked: known, of the declared type; then ``validate``."""
+def from_mapping(cls, config: Mapping[str, Any], *, what: str, source: str = "config", ignore=()):
+    """``cls(**config)`` with every key checked against ``cls``'s fields and type hints; then
+    ``validate(source=...)`` when the class has one.
+
+    Keys starting with ``_`` and those in ``ignore`` (a file format's generic keys) are skipped; an
+    unknown key is refused by name (``what`` names the config kind in the message).
+    """
     if not isinstance(config, Mapping):
         raise ValueError(f"{source}: a model config must be a JSON object, got {type(config).__name__}")
-    given = config.get("_class_name", class_name)
-    if given != class_name:
-        raise ValueError(f"{source}: _class_name is {given!r}, not {class_name!r}")
     hints = typing.get_type_hints(cls)
     fields = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(k for k in config if k not in fields and not str(k).startswith("_"))
+    unknown = sorted(k for k in config if k not in fields and k not in ignore and not str(k).startswith("_"))
     if unknown:
-        raise ValueError(f"{source}: unknown {class_name} config key(s) {', '.join(map(repr, unknown))} "
+        raise ValueError(f"{source}: unknown {what} config key(s) {', '.join(map(repr, unknown))} "
                          f"(known: {', '.join(sorted(fields))})")
     out = cls(**{k: _coerce(k, config[k], hints[k], source) for k in fields if k in config})
-    out.validate(source=source)
+    if hasattr(out, "validate"):
+        out.validate(source=source)
     return out
+
+
+def from_config(cls, config: Mapping[str, Any], class_name: str, *, source: str = "config"):
+    """:func:`from_mapping` for a jaxmia ``config.json``, whose ``_class_name`` must be ``class_name``."""
+    if isinstance(config, Mapping) and config.get("_class_name", class_name) != class_name:
+        raise ValueError(f"{source}: _class_name is {config.get('_class_name')!r}, not {class_name!r}")
+    return from_mapping(cls, config, what=class_name, source=source)
 
 
 def to_config(obj, class_name: str) -> dict:
