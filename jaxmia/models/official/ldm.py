@@ -743,9 +743,11 @@ def check_schedule(buffers: Mapping[str, np.ndarray], scheduler: Mapping, *, sou
 # ==================================================================================================
 
 
-def _check_keys(present, expected, *, source: str, what: str) -> None:
-    """Refuses, naming every one, the keys the architecture implies that are absent and the keys it does not."""
-    missing, unexpected = sorted(set(expected) - set(present)), sorted(set(present) - set(expected))
+def _check_keys(present, expected, *, source: str, what: str, prefix: str = "") -> None:
+    """Refuses, naming every one (with ``prefix``: the full checkpoint key), the keys the architecture
+    implies that are absent and the keys it does not."""
+    missing = sorted(prefix + k for k in set(expected) - set(present))
+    unexpected = sorted(prefix + k for k in set(present) - set(expected))
     if missing or unexpected:
         parts = []
         if missing:
@@ -839,9 +841,9 @@ def convert(src: Path, dst: Path, config: Optional[str] = None, null_class: str 
     vq_layout = vq_layout_from_shapes(vq_sd, source=str(src))
     _compare(vq_layout_from_config(cfg), vq_layout, _VQ_FIELDS, str(config_path), str(src))
     unet_map, vq_map = unet_key_map(unet_layout), vq_key_map(vq_layout)
-    _check_keys(unet_sd, unet_map, source=str(src), what=f"UNet ({UNET_PREFIX}*)")
-    _check_keys(vq_sd, vq_map, source=str(src), what=f"first stage ({VQ_PREFIX}*)")
-    _check_keys(cond_sd, {"embedding.weight"}, source=str(src), what=f"class embedder ({COND_PREFIX}*)")
+    _check_keys(unet_sd, unet_map, source=str(src), what="UNet", prefix=UNET_PREFIX)
+    _check_keys(vq_sd, vq_map, source=str(src), what="first stage", prefix=VQ_PREFIX)
+    _check_keys(cond_sd, {"embedding.weight"}, source=str(src), what="class embedder", prefix=COND_PREFIX)
     table = cond_sd["embedding.weight"]
     want_table = (cfg.cond_stage["n_classes"], cfg.cond_stage["embed_dim"])
     if table.ndim != 2 or tuple(table.shape) != want_table:
