@@ -30,7 +30,8 @@ import ldm_oracle as oracle  # noqa: E402  (tests/ is on sys.path under pytest)
 # shared/ beside the clone (CI); JAXMIA_SHARED points elsewhere (e.g. from a git worktree).
 SHARED = Path(os.environ.get("JAXMIA_SHARED", Path(__file__).resolve().parents[2] / "shared"))
 FIXTURE = SHARED / "fixtures" / "official" / "ldm"
-pytestmark = pytest.mark.skipif(not (FIXTURE / "model.ckpt").is_file(), reason="shared/fixtures/official not present")
+needs_fixture = pytest.mark.skipif(not (FIXTURE / "model.ckpt").is_file(),
+                                   reason="shared/fixtures/official not present")
 TOL = 1e-5
 
 # configs/latent-diffusion/cin256-v2.yaml @ a506df5, the model section (the release's config).
@@ -124,6 +125,7 @@ def vq_methods(folder):
 # ------------------------------------------------------------------------------------------------
 
 
+@needs_fixture
 def test_fixture_goldens(converted, golden):
     dst, record = converted
     d = load_denoiser(dst)
@@ -162,6 +164,7 @@ def test_fixture_goldens(converted, golden):
     assert "ldm" in FORMATS and set(FORMATS["ldm"].options) == {"config", "null_class"}
 
 
+@needs_fixture
 def test_oracle_reproduces_the_fixture(golden):
     """tests/ldm_oracle.py restates the official code: same keys (strict load) and outputs as the goldens."""
     params = yaml.safe_load((FIXTURE / "config.yaml").read_text())["model"]["params"]
@@ -181,6 +184,7 @@ def test_oracle_reproduces_the_fixture(golden):
         assert maxdiff(fs.decode(T(golden["z"])), golden["dec"]) <= TOL
 
 
+@needs_fixture
 def test_family_agrees_with_the_converted_folder(converted):
     dst, _ = converted
     fam = load_family("ldm")
@@ -219,6 +223,7 @@ def fixture_sd():
     return torch.load(FIXTURE / "model.ckpt", weights_only=True, map_location="cpu")["state_dict"]
 
 
+@needs_fixture
 def test_missing_and_unexpected_keys_are_named(tmp_path, fixture_sd):
     config = (FIXTURE / "config.yaml").read_text()
     sd = dict(fixture_sd)
@@ -262,6 +267,7 @@ def _edited(text: str, old: str, new: str) -> str:
     return text.replace(old, new)
 
 
+@needs_fixture
 @pytest.mark.parametrize("old, new, message", [
     ("target: ldm.modules.encoders.modules.ClassEmbedder", "target: ldm.modules.encoders.modules.FrozenCLIPEmbedder",
      r"cond_stage_config.target='ldm.modules.encoders.modules.FrozenCLIPEmbedder' is not supported"),
@@ -291,6 +297,7 @@ def test_config_refusals(tmp_path, fixture_sd, old, new, message):
         convert_official("ldm", ckpt, tmp_path / "out")
 
 
+@needs_fixture
 def test_option_and_file_refusals(tmp_path, converted):
     with pytest.raises(ValueError, match=r"unknown option\(s\) 'ema'"):
         convert_official("ldm", FIXTURE / "model.ckpt", tmp_path / "o", {"ema": "true"})
@@ -418,6 +425,7 @@ def test_real_size_parameter_counts():
 # ------------------------------------------------------------------------------------------------
 
 
+@needs_fixture
 def test_audit_runs_on_the_converted_fixture(converted, tmp_path):
     from jaxmia.audit import load_config, run_audit
     from jaxmia.data import write_npz
