@@ -151,6 +151,7 @@ def condition_spec(denoiser, *, family=None) -> ConditionSpec:
     if family is None:
         return ConditionSpec(kind=kind, **found)
     declared = spec_from_family(family)
+    family = getattr(family, "name", family)  # a Family's name, for messages
     if declared.kind != kind:
         raise ValueError(f"family {family!r} declares {declared.kind!r} conditioning but the model is {kind!r}-conditional")
     for key, value in found.items():

@@ -99,7 +99,7 @@ def register_model(class_name: str):
 
 # Modules that register more model classes; imported on first use (they import this module).
 OPTIONAL_MODEL_MODULES = ("jaxmia.models.vae", "jaxmia.models.unet2d_condition", "jaxmia.models.dit",
-                          "jaxmia.models.dit_official", "jaxmia.models.uvit")
+                          "jaxmia.models.dit_official", "jaxmia.models.uvit", "jaxmia.models.class_token")
 
 
 def _ensure_registered() -> None:

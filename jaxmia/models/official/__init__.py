@@ -63,3 +63,4 @@ def convert_official(name: str, src, dst, options: Mapping[str, str] | None = No
 
 # The formats (each module registers itself on import).
 from jaxmia.models.official import dit, uvit  # noqa: E402,F401  (DiT, U-ViT class and text-to-image)
+from jaxmia.models.official import ldm  # noqa: E402,F401  (CompVis LDM: model.ckpt + config.yaml)
