@@ -284,7 +284,7 @@ def _shift_checks(denoiser, p_set, u_set, u_table, cfg: AuditConfig, cache: Path
     if cfg.audit.sensitivity:
         _say(f"processing sensitivity: {', '.join(cfg.audit.sensitivity)} on half of U", quiet)
         sens = processing_sensitivity(
-            u_set, u_table, lambda ds: side_features(denoiser, ds, cfg, cache, quiet=quiet), cfg.cdi,
+            u_set, u_table, lambda ds: side_features(denoiser, ds, cfg, cache / "sensitivity", quiet=quiet), cfg.cdi,
             specs=cfg.audit.sensitivity, max_images=cfg.audit.sensitivity_images, seed=cfg.audit.seed)
     closest = None
     if bv["reject"] and sens and sens.get("signatures"):
