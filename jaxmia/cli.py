@@ -206,8 +206,9 @@ def features_command(model, data, features, out, seed, batch_size, per_device_ba
 @click.option("--unpublished", required=True, type=click.Path(dir_okay=False), help="Feature table of the unpublished set U.")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Output folder (report.json, plots, scores).")
 @click.option("--features", default=None, help="Columns or groups (mia, gm, ml, no, new, all), '+'-joined; default: every column.")
-@click.option("--test", "test", default="permutation", show_default=True,
-              type=click.Choice(["permutation", "split", "cdi_reference"]), help="permutation and split are calibrated.")
+@click.option("--test", "test", default="hybrid", show_default=True,
+              type=click.Choice(["hybrid", "permutation", "split", "cdi_reference"]),
+              help="hybrid, permutation and split are calibrated.")
 @click.option("--alpha", default=0.01, show_default=True, type=float, help="Decision level (reject when p <= alpha).")
 @click.option("--permutations", default=1000, show_default=True, type=int, help="B of the permutation test.")
 @click.option("--alternative", default=None, type=click.Choice(["one-sided", "two-sided"]),
@@ -343,7 +344,7 @@ def _audit_config(config_file, sets, **flags):
 
 def _print_verdict(label: str, report: dict) -> None:
     v = report["verdict"]
-    word = "TRAINED ON P" if v.get("reject") else "no evidence"
+    word = (report.get("conclusion") or {}).get("headline") or ("TRAINED ON P" if v.get("reject") else "no evidence")
     click.echo(f"{label}: {word}  (p = {v['p_value']:.3g}, {v['method']} test, n = {v['n_p']} per side)")
     null = report.get("null_calibration")
     if null:

@@ -23,17 +23,26 @@ def _tables(rng, n_p=60, n_u=60, shift=1.5, names=CDI_FEATURES):
 FAST = dict(permutations=99, curve_reps=20, curve_grid=(10, 40))
 
 
-def test_run_cdi_default_permutation(rng):
+def test_run_cdi_default_hybrid(rng):
     p, u = _tables(rng)
-    r = run_cdi(p, u, CdiConfig(**FAST))
+    fast = {**FAST, "permutations": 199}
+    r = run_cdi(p, u, CdiConfig(**fast))
     v = r["verdict"]
-    assert v["method"] == "permutation" and v["alternative"] == "greater" and v["permutations"] == 99
-    assert v["p_value"] == pytest.approx(0.01) and v["reject"] and v["is_correct_order"]  # strong shift
+    assert v["method"] == "hybrid" and v["alternative"] == "greater" and v["permutations"] == 199
+    # p = min(1, p_perm / 0.9, p_tail / 0.1): the permutation part is at its floor 1/200 here (a strong
+    # shift); the tail part, on the 30 held-out pairs, is small but not below it.
+    c = v["components"]
+    assert c["p_permutation"] == pytest.approx(1 / 200) and c["p_tail"] < 0.01
+    assert c["tail_pairs_tested"] == 30 and c["tail_pairs_train"] == 30
+    assert v["p_value"] == pytest.approx(min(1.0, (1 / 200) / 0.9, c["p_tail"] / 0.1))
+    assert v["log10_p"] == pytest.approx(np.log10(v["p_value"])) and v["reject"] and v["is_correct_order"]
     assert v["n_p"] == v["n_u"] == 60 and "evidence that P was used" in v["decision"]
     assert r["features"] == list(CDI_FEATURES) and not r["pairing"]["subsampled"]
     assert len(r["scores"]["published"]["ids"]) == 60 and r["curve"]["ns"] == [10, 40]
-    assert r["config"]["test"] == "permutation" and "numpy" in r["versions"]
+    assert r["config"]["test"] == "hybrid" and "numpy" in r["versions"]
     json.dumps(r)  # JSON-ready
+    perm = run_cdi(p, u, CdiConfig(test="permutation", **fast))["verdict"]
+    assert perm["method"] == "permutation" and perm["p_value"] == pytest.approx(c["p_permutation"])
 
 
 def test_run_cdi_row_order_subsampling_and_features(rng):
@@ -124,7 +133,8 @@ def test_cli_cdi_and_mia(rng, tmp_path):
     runner = CliRunner()
     out = tmp_path / "cdi"
     res = runner.invoke(main, ["cdi", "--published", str(tmp_path / "p.npz"), "--unpublished", str(tmp_path / "u.npz"),
-                               "--out", str(out), "--permutations", "99", "--curve-reps", "10", "--features", "all"])
+                               "--out", str(out), "--permutations", "99", "--curve-reps", "10", "--features", "all",
+                               "--test", "permutation"])
     assert res.exit_code == 0, res.output
     assert "CDI (permutation, greater): p = 0.01" in res.output
     rep = json.loads((out / "report.json").read_text())

@@ -25,6 +25,7 @@ from typing import Any, Mapping, Optional, Sequence
 from jaxmia.drc import DRCConfig
 from jaxmia.features import FeatureConfig, make_config
 from jaxmia.inference.report import CdiConfig, config_from_dict as cdi_from_dict
+from jaxmia.shift.processing import DEFAULT_SENSITIVITY, parse_processing
 
 SECTIONS = ("audit", "features", "cdi", "drc")
 
@@ -56,6 +57,12 @@ class AuditSettings:
       drc_embedder: a transformers ``CLIPVisionModel`` / ``CLIPModel`` folder: the DRC stage scores
         by the cosine similarity of CLIP image embeddings (:mod:`jaxmia.models.clip_vision`) as well
         as the pixel metrics, and aggregates that; None: pixel metrics only.
+      shift_checks: run the blind baseline (model-free features, the verdict's test) and compare
+        P's and U's files; a difference makes the verdict "inconclusive" (:mod:`jaxmia.shift`).
+      file_mismatch: P and U files that differ in size, format or JPEG quality: ``warn`` (report it;
+        the verdict is inconclusive) or ``refuse`` (stop before any feature is computed).
+      sensitivity: processings applied to half of U to see which alone would give a "trained"
+        verdict (``name:param``; empty disables); sensitivity_images: images per half.
     """
 
     features: str = "cdi"
@@ -74,6 +81,10 @@ class AuditSettings:
     duplicates: str = "drop"
     captions: Optional[str] = None
     drc_embedder: Optional[str] = None
+    shift_checks: bool = True
+    file_mismatch: str = "warn"
+    sensitivity: tuple = DEFAULT_SENSITIVITY
+    sensitivity_images: int = 50
 
     def __post_init__(self):
         if self.n is not None and self.n < 5:
@@ -84,6 +95,16 @@ class AuditSettings:
             raise ValueError(f"audit.duplicates={self.duplicates!r} is not one of drop, refuse, keep")
         if self.null_splits < 0 or self.drc_images < 0:
             raise ValueError("audit.null_splits and audit.drc_images must be >= 0")
+        if self.file_mismatch not in ("warn", "refuse"):
+            raise ValueError(f"audit.file_mismatch={self.file_mismatch!r} is not one of warn, refuse")
+        if self.sensitivity_images < 10:
+            raise ValueError(f"audit.sensitivity_images={self.sensitivity_images}: need at least 10")
+        object.__setattr__(self, "sensitivity", tuple(str(s) for s in self.sensitivity))
+        for spec in self.sensitivity:
+            try:
+                parse_processing(spec)
+            except ValueError as err:
+                raise ValueError(f"audit.sensitivity: {err}") from None
 
 
 @dataclass(frozen=True)

@@ -7,10 +7,16 @@ Stages (each resumable; rerunning the same command in the same folder continues)
    extraction resumes from its ``.partial.npz`` and loses at most the current batch);
 3. the CDI test (:func:`jaxmia.inference.run_cdi`): scoring model, calibrated p-value,
    sample-count curve;
-4. null calibration: innocent splits of U, the empirical false-positive rate of the test;
-5. single-image attacks for context: how well each per-image score separates P from U;
-6. DRC evidence: a few images of each side degraded and restored by the model;
-7. ``report.json``, ``report.html`` and the plots.
+4. shift checks (:mod:`jaxmia.shift`, issue 16): P's and U's files compared (size, format, JPEG
+   quality; ``audit.file_mismatch`` warns or refuses right after loading), the blind baseline (the same
+   test on model-free features), and processing sensitivity (which mild processing of half of U alone
+   makes the model test say "trained", and from what n; its features are cached like the others);
+5. null calibration: innocent splits of U, the empirical false-positive rate of the test;
+6. single-image attacks for context: how well each per-image score separates P from U;
+7. DRC evidence: a few images of each side degraded and restored by the model;
+8. the conclusion: "TRAINED ON P" only when the model test rejects *and* the shift checks pass; if P
+   and U differ without the model it is "INCONCLUSIVE", naming the features (and the closest known
+   processing) that separate them; then ``report.json``, ``report.html`` and the plots.
 """
 
 from __future__ import annotations
@@ -59,6 +65,15 @@ def _load_sets(model, published, unpublished, settings):
         return load_dataset(spec, image_shape=shape, resize=settings.resize, on_error=settings.on_error)
 
     p, u = load(published), load(unpublished)
+    files = None
+    if settings.shift_checks:
+        from jaxmia.shift import compare_files
+
+        files = compare_files(p.files, u.files)
+        if files["mismatches"] and settings.file_mismatch == "refuse":
+            words = "; ".join(m["words"] for m in files["mismatches"])
+            raise ValueError(f"P ({p.source}) and U ({u.source}) files differ: {words}; re-save U like P "
+                             "(jaxmia.shift.make_like_folder) or set audit.file_mismatch=warn")
     overlap = sorted(set(p.ids) & set(u.ids))
     if overlap and p.source == u.source:
         raise ValueError(f"P and U share {len(overlap)} image id(s) (e.g. {overlap[0]!r}); they must be disjoint sets")
@@ -69,7 +84,7 @@ def _load_sets(model, published, unpublished, settings):
                 raise ValueError(f"{side} set {ds.source}: {len(ds)} images, fewer than audit.n = {settings.n}")
         p = p.take(settings.n, seed=settings.seed)
         u = u.take(settings.n, seed=settings.seed + 1)
-    return denoiser, p, u, checks
+    return denoiser, p, u, checks, files
 
 
 def side_features(denoiser, dataset, cfg: AuditConfig, cache_dir: Path, *, quiet: bool = False,
@@ -155,9 +170,11 @@ def run_audit(model, published, unpublished, out_dir, config: AuditConfig | None
     timings: dict = {}
     t = time.perf_counter()
 
-    denoiser, p_set, u_set, data_checks = _load_sets(model, published, unpublished, cfg.audit)
+    denoiser, p_set, u_set, data_checks, file_check = _load_sets(model, published, unpublished, cfg.audit)
     for line in describe_record(data_checks):
         _say(line, quiet)
+    for m in (file_check or {}).get("mismatches", []):
+        _say(f"warning: {m['words']} (the verdict cannot rest on a model test; re-save U like P)", quiet)
     _say(f"P = {p_set.source} ({len(p_set)} images), U = {u_set.source} ({len(u_set)} images)", quiet)
     p_set, u_set, captions = _caption_sets(model, denoiser, p_set, u_set, cfg.audit, out, quiet)
     timings["load"] = time.perf_counter() - t
@@ -173,6 +190,12 @@ def run_audit(model, published, unpublished, out_dir, config: AuditConfig | None
     cdi = run_cdi(p_table, u_table, cfg.cdi)
     cdi_paths = write_cdi_report(cdi, out / "cdi")
     timings["cdi"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    shift = None
+    if cfg.audit.shift_checks:
+        shift = _shift_checks(denoiser, p_set, u_set, u_table, cfg, cache, file_check, quiet)
+    timings["shift_checks"] = time.perf_counter() - t
 
     t = time.perf_counter()
     null = None
@@ -203,10 +226,13 @@ def run_audit(model, published, unpublished, out_dir, config: AuditConfig | None
     timings["drc"] = time.perf_counter() - t
 
     verdict = cdi["verdict"]
+    conclusion = _conclusion(verdict, shift, p_set.source, cfg.cdi.alpha)
     report = {
         "kind": "audit",
+        "conclusion": conclusion,
         "verdict": verdict,
-        "summary": _summary_sentence(verdict, p_set.source, cfg.cdi.alpha),
+        "summary": conclusion["summary"],
+        "shift": shift,
         "samples_needed": (cdi.get("curve") or {}).get("samples_needed"),
         "curve": cdi.get("curve"),
         "null_calibration": null,
@@ -293,15 +319,86 @@ def _drc_evidence(denoiser, p_set, u_set, cfg: AuditConfig, out: Path, quiet: bo
     return result
 
 
-def _summary_sentence(verdict: dict, source: str, alpha: float) -> str:
-    p = verdict["p_value"]
-    if verdict.get("reject"):
-        return (f"The model treats the published images ({source}) as training data: p = {p:.3g} < {alpha:g}. "
-                "If the model had never seen them, a difference this large would occur by chance less often than "
-                f"{alpha:.0%} of the time.")
-    return (f"No evidence that the published images ({source}) were used in training: p = {p:.3g} "
-            f"(not below {alpha:g}). This does not prove they were not used; it means the model does not treat "
-            "them measurably differently from the unpublished images.")
+def _shift_checks(denoiser, p_set, u_set, u_table, cfg: AuditConfig, cache: Path, file_check, quiet: bool) -> dict:
+    """Blind baseline, file comparison and processing sensitivity (jaxmia.shift)."""
+    from jaxmia.inference.stat_tests import format_p
+    from jaxmia.shift import blind_table, blind_test, closest_processing, mean_change, processing_sensitivity
+
+    use_files = p_set.files is not None and u_set.files is not None
+    bp = blind_table(p_set.ids, p_set.images, p_set.files if use_files else None)
+    bu = blind_table(u_set.ids, u_set.images, u_set.files if use_files else None)
+    blind = blind_test(bp, bu, cfg.cdi)
+    bv = blind["verdict"]
+    blind["p_text"] = format_p(bv["p_value"], bv.get("log10_p"))
+    blind["uses_file_facts"] = use_files
+    _say(f"blind baseline (no model): p = {blind['p_text']}"
+         + (" -- P and U differ without the model" if bv["reject"] else ""), quiet)
+    sens = None
+    if cfg.audit.sensitivity:
+        _say(f"processing sensitivity: {', '.join(cfg.audit.sensitivity)} on half of U", quiet)
+        sens = processing_sensitivity(
+            u_set, u_table, lambda ds: side_features(denoiser, ds, cfg, cache / "sensitivity", quiet=quiet), cfg.cdi,
+            specs=cfg.audit.sensitivity, max_images=cfg.audit.sensitivity_images, seed=cfg.audit.seed)
+    closest = None
+    if bv["reject"] and sens and sens.get("signatures"):
+        pixel = sens["signature_features"]
+        delta = mean_change(bu.select(pixel), bp.select(pixel))
+        ranked = closest_processing(delta, sens["signatures"], bu.select(pixel).values.std(0))
+        closest = ranked if ranked and ranked[0]["similarity"] > 0 else None
+    return {"blind": blind, "files": file_check, "sensitivity": sens, "closest_processing": closest,
+            "passed": bool(not bv["reject"] and not (file_check or {}).get("mismatches"))}
+
+
+def _conclusion(verdict: dict, shift, source: str, alpha: float) -> dict:
+    """The audit's conclusion: trained / no evidence / inconclusive, with the reasons in plain words."""
+    from jaxmia.inference.stat_tests import format_p
+    from jaxmia.shift import describe_processing
+
+    p = format_p(verdict["p_value"], verdict.get("log10_p"))
+    reasons = []
+    if shift is not None:
+        b = shift["blind"]
+        if b["verdict"]["reject"]:
+            feats = [r["description"] for r in b["separating"] if r["separates"]] or \
+                    [r["description"] for r in b["separating"][:3]]
+            reasons.append(f"P and U differ without the model (blind test p = {b['p_text']} <= {alpha:g}): "
+                           f"they differ in {', '.join(feats[:4])}")
+            close = shift.get("closest_processing")
+            if close:
+                reasons.append(f"the difference looks most like {describe_processing(close[0]['processing'])} "
+                               f"({close[0]['processing']}; next: {close[1]['processing'] if len(close) > 1 else 'none'})")
+        for m in (shift.get("files") or {}).get("mismatches", []):
+            reasons.append(f"the files differ: {m['words']}")
+    if reasons:
+        status, headline = "inconclusive", "INCONCLUSIVE: P and U differ without the model"
+        summary = (f"Inconclusive. The model test gives p = {p}, but " + "; ".join(reasons) + ". A model would "
+                   "tell such sets apart whether or not it was trained on P, so this audit cannot say which. "
+                   "Bring U through the same processing as P (same size, format and JPEG quality; "
+                   "jaxmia.shift.make_like_folder) and audit again.")
+    elif verdict.get("reject"):
+        status, headline = "trained", "TRAINED ON P"
+        summary = (f"The model treats the published images ({source}) as training data: p = {p} <= {alpha:g}. "
+                   "If the model had never seen them, a difference this large would occur by chance less often than "
+                   f"{alpha:.0%} of the time."
+                   + (" P and U cannot be told apart without the model (blind test p = " + shift["blind"]["p_text"]
+                      + "), so the difference comes from the model." if shift is not None else
+                      " (Shift checks were off: P and U were not compared without the model.)"))
+    else:
+        status, headline = "no_evidence", "NO EVIDENCE of training on P"
+        summary = (f"No evidence that the published images ({source}) were used in training: p = {p} "
+                   f"(not below {alpha:g}). This does not prove they were not used; it means the model does not "
+                   "treat them measurably differently from the unpublished images.")
+    sens = (shift or {}).get("sensitivity") or {}
+    caveats = []
+    if sens.get("blind_misses"):
+        caveats.append("processing that would fool the model test but that the blind test did not notice on half "
+                       f"of U: {', '.join(sens['blind_misses'])}; if P was processed that way this verdict could be wrong")
+    if sens.get("fooled_by") and not sens.get("blind_misses"):
+        caveats.append("mild processing alone (" + ", ".join(sens["fooled_by"]) + ") makes this model test say "
+                       "'trained'; the blind test notices each of them")
+    return {"status": status, "headline": headline, "summary": summary, "reasons": reasons, "caveats": caveats,
+            "p_value": verdict["p_value"], "p_text": p, "model_test_rejects": bool(verdict.get("reject")),
+            "shift_checks_passed": None if shift is None else shift["passed"]}
 
 
 def _first_difference(a, b, path="") -> str:

@@ -25,6 +25,7 @@ def load_dataset(
         ``resize`` (folders) or must match exactly (arrays, demo sets).
     """
     spec = str(spec)
+    files = None
     if spec.startswith("demo:"):
         from jaxmia.data.demo import read_demo
 
@@ -33,7 +34,7 @@ def load_dataset(
     elif spec.endswith(".npz"):
         ids, images, cond = read_npz(spec)
     elif Path(spec).is_dir():
-        ids, images = read_folder(spec, image_shape, resize=resize, on_error=on_error)
+        ids, images, files = read_folder(spec, image_shape, resize=resize, on_error=on_error, with_facts=True)
         cond = None
     elif Path(spec).exists():
         raise ValueError(f"{spec}: not an image folder or .npz file")
@@ -42,4 +43,4 @@ def load_dataset(
     if image_shape is not None and tuple(images.shape[1:]) != tuple(image_shape):
         h, w, c = image_shape
         raise ValueError(f"{spec}: images are {tuple(images.shape[1:])} (H, W, C) but the model takes {(h, w, c)}")
-    return Dataset(ids, images, cond, spec)
+    return Dataset(ids, images, cond, spec, files)

@@ -19,12 +19,15 @@ class Dataset:
       images: (N, H, W, C) float32 in [-1, 1], NHWC.
       cond: per-image conditioning or None: (N,) int class labels, or (N, L, D) text embeddings.
       source: where the images came from (a path or ``demo:...``), for reports and errors.
+      files: per-image file facts (:func:`jaxmia.data.files.file_facts`) for images read from files,
+        aligned with ``ids``; None for arrays and demo sets.
     """
 
     ids: list
     images: np.ndarray
     cond: Optional[np.ndarray] = None
     source: str = ""
+    files: Optional[tuple] = None
 
     def __post_init__(self):
         images = np.asarray(self.images)
@@ -34,7 +37,11 @@ class Dataset:
             raise ValueError(f"{self.source or 'dataset'}: {len(self.ids)} ids for {images.shape[0]} images")
         if self.cond is not None and len(self.cond) != images.shape[0]:
             raise ValueError(f"{self.source or 'dataset'}: {len(self.cond)} conditions for {images.shape[0]} images")
+        if self.files is not None and len(self.files) != images.shape[0]:
+            raise ValueError(f"{self.source or 'dataset'}: {len(self.files)} file records for {images.shape[0]} images")
         rng.check_unique_ids(self.ids, source=self.source or "dataset")
+        if self.files is not None:
+            object.__setattr__(self, "files", tuple(self.files))
         object.__setattr__(self, "ids", [str(i) for i in self.ids])
         object.__setattr__(self, "images", images.astype(np.float32, copy=False))
 
@@ -53,7 +60,8 @@ class Dataset:
             raise KeyError(f"{self.source}: unknown id(s) {', '.join(map(repr, missing[:5]))}")
         order = np.array([where[i] for i in ids], dtype=np.int64)
         cond = None if self.cond is None else self.cond[order]
-        return Dataset(list(ids), self.images[order], cond, self.source)
+        files = None if self.files is None else tuple(self.files[k] for k in order)
+        return Dataset(list(ids), self.images[order], cond, self.source, files)
 
     def take(self, n: int, *, seed: int = 0) -> "Dataset":
         """A seeded random sample of ``n`` images (without replacement)."""

@@ -5,7 +5,8 @@ Size rule (``resize``):
     names the file.
   * ``"resize"``: resize so the shorter side is the target size (bicubic), then centre-crop to H×W.
 Unreadable or corrupt files are listed by name and refused (``on_error="refuse"``, default) or
-skipped with a warning that lists them (``on_error="skip"``).
+skipped with a warning that lists them (``on_error="skip"``). With ``with_facts`` the reader also
+returns what each file says about itself (format, stored size, JPEG quality: :mod:`jaxmia.data.files`).
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ from typing import Optional
 
 import numpy as np
 from PIL import Image
+
+from jaxmia.data.files import file_facts
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 RESIZE_RULES = ("refuse", "resize")
@@ -48,14 +51,17 @@ def read_folder(
     *,
     resize: str = "refuse",
     on_error: str = "refuse",
+    with_facts: bool = False,
 ):
     """Reads every image below ``folder`` (sorted, recursive).
 
     Args:
       image_shape: (H, W, C) the model expects; None infers it from the first readable image.
+      with_facts: also return one :func:`jaxmia.data.files.file_facts` dict per image.
 
     Returns:
-      (ids, images) with ids the paths relative to ``folder`` and images (N, H, W, C) in [-1, 1].
+      (ids, images) with ids the paths relative to ``folder`` and images (N, H, W, C) in [-1, 1];
+      (ids, images, facts) with ``with_facts``.
     """
     folder = Path(folder)
     if resize not in RESIZE_RULES:
@@ -68,11 +74,12 @@ def read_folder(
     if not paths:
         raise ValueError(f"{folder}: no images found (looked for {', '.join(IMAGE_SUFFIXES)})")
 
-    ids, arrays, bad, wrong_size = [], [], [], []
+    ids, arrays, bad, wrong_size, facts = [], [], [], [], []
     for path in paths:
         try:
             with Image.open(path) as img:
                 img.load()
+                fact = file_facts(path, img)
                 if image_shape is None:
                     channels = 1 if img.mode in ("L", "LA", "I", "I;16", "F", "1") else 3
                     image_shape = (img.height, img.width, channels)
@@ -89,6 +96,7 @@ def read_folder(
             continue
         ids.append(path.relative_to(folder).as_posix())
         arrays.append(arr / 127.5 - 1.0)
+        facts.append(fact)
 
     if wrong_size:
         h, w, _ = image_shape
@@ -103,4 +111,6 @@ def read_folder(
         print(f"jaxmia: warning: skipped {len(bad)} unreadable image(s) in {folder}: {listing}", file=sys.stderr)
     if not arrays:
         raise ValueError(f"{folder}: no readable images")
+    if with_facts:
+        return ids, np.stack(arrays), facts
     return ids, np.stack(arrays)

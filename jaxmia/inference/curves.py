@@ -34,7 +34,7 @@ from scipy import stats
 
 from jaxmia.inference import stat_tests
 
-CURVE_TESTS = ("split", "cdi_reference", "permutation")
+CURVE_TESTS = ("split", "cdi_reference", "permutation", "hybrid")
 
 # cdi-spec.md §7: 5–10 step 1; 20–100 step 10; 200–1000 step 100; 2000–10000 step 1000; 20000.
 DEFAULT_GRID = (
@@ -49,7 +49,7 @@ CONTAMINATION_NS = (30, 50, 100, 300, 500, 1000, 3000, 5000, 10000)
 
 
 def _min_n(test: str, n_splits: int = 5) -> int:
-    return {"split": 4, "cdi_reference": n_splits, "permutation": n_splits}[test]
+    return {"split": 4, "cdi_reference": n_splits, "permutation": n_splits, "hybrid": max(n_splits, 4)}[test]
 
 
 def default_grid(n_available: int, test: str = "split") -> tuple[int, ...]:
@@ -77,7 +77,8 @@ def batched_pvalues(
     """p-values of T paired problems (T, n, d) under ``test``; rows are used in the order given.
 
     ``"split"`` trains on rows [0, n//2) and tests the rest (the caller's row order is random);
-    ``"permutation"`` uses ``seeds`` for its swap patterns; ``"cdi_reference"`` draws nothing.
+    ``"permutation"`` and ``"hybrid"`` use ``seeds`` for their swap patterns (and the hybrid's held-out
+    half); ``"cdi_reference"`` draws nothing.
     ``tol`` is the Newton tolerance of every fit (1e-8: as the audit tests run).
     """
     _check_test(test)
@@ -87,6 +88,8 @@ def batched_pvalues(
         return stat_tests.split_pvalues(xp, xu, n // 2, alternative=alternative or "greater", **common)[0]
     if test == "cdi_reference":
         return stat_tests.reference_pvalues(xp, xu, alternative=alternative or "two-sided", **common)[0]
+    if test == "hybrid":
+        return stat_tests.hybrid_pvalues(xp, xu, seeds, permutations=permutations, **common)[0]
     return stat_tests.permutation_pvalues(xp, xu, seeds, permutations=permutations, **common)[0]
 
 
@@ -211,6 +214,7 @@ def sample_count_curve(
         "cdi_reference": "reference protocol per resample (cross-fit + two-sided Welch, Figure 2 of the paper); "
         "NOT calibrated: " + stat_tests.REFERENCE_FPR_NOTE,
         "permutation": f"whole-pipeline permutation test per resample, B={permutations}",
+        "hybrid": f"hybrid test per resample (permutation B={permutations} with the sign-flip tail bound)",
     }
     return _summarise_curve(ns, pvalues, test, alpha, seed, n_boot, notes[test])
 

@@ -7,7 +7,8 @@
    is what the reference's KFold saw); if P and U differ in size, each side is subsampled to the
    smaller size with a seeded generator (``np.random.default_rng([seed, side, 3])``) and the report
    says so;
-3. score and test (``config.test``: ``"permutation"`` (default, calibrated), ``"split"``,
+3. score and test (``config.test``: ``"hybrid"`` (default: the permutation test with a sign-flip tail
+   bound for strong evidence, calibrated by construction), ``"permutation"``, ``"split"``,
    ``"cdi_reference"``; see :mod:`jaxmia.inference.stat_tests`), or, with
    ``protocol="fixed_split"``, fit once on given training ids and test the other rows (§5.2);
 4. optionally, the sample-count curve (:mod:`jaxmia.inference.curves`).
@@ -42,9 +43,11 @@ class CdiConfig:
 
     Attributes:
       features: columns or groups (:data:`jaxmia.inference.scoring.FEATURE_GROUPS`); None = every column.
-      test: ``"permutation"`` | ``"split"`` | ``"cdi_reference"``.
+      test: ``"hybrid"`` (default) | ``"permutation"`` | ``"split"`` | ``"cdi_reference"``.
       alpha: decision level (reject when p ≤ alpha).
-      permutations: B of the permutation test.
+      permutations: B of the permutation test (also the permutation part of the hybrid).
+      hybrid_weight: the share w of alpha given to the hybrid's permutation part: p = min(1, p_perm/w,
+        p_tail/(1 − w)) (stat_tests.py).
       statistic: ``"mean_diff"`` | ``"welch_t"`` (permutation test).
       alternative: None (the test's default: one-sided for permutation and split, two-sided for
         cdi_reference), ``"two-sided"``, or ``"one-sided"`` (cdi_reference) / ``"greater"`` (split).
@@ -60,9 +63,10 @@ class CdiConfig:
     """
 
     features: object = None
-    test: str = "permutation"
+    test: str = stat_tests.DEFAULT_TEST
     alpha: float = 0.01
     permutations: int = 1000
+    hybrid_weight: float = stat_tests.HYBRID_WEIGHT
     statistic: str = "mean_diff"
     alternative: str | None = None
     seed: int = 0
@@ -102,10 +106,12 @@ class CdiConfig:
             raise ValueError("config protocol='fixed_split' needs train_ids_published and train_ids_unpublished")
         if self.protocol == "crossfit" and (self.train_ids_published or self.train_ids_unpublished):
             raise ValueError("config train_ids_* are only used with protocol='fixed_split'")
-        if self.test == "permutation" and self.alternative not in (None, "greater", "one-sided"):
+        if self.test in ("permutation", "hybrid") and self.alternative not in (None, "greater", "one-sided"):
             raise ValueError(
-                f"config alternative={self.alternative!r}: the permutation test is one-sided (member direction)"
+                f"config alternative={self.alternative!r}: the {self.test} test is one-sided (member direction)"
             )
+        if not 0.0 < self.hybrid_weight < 1.0:
+            raise ValueError(f"config hybrid_weight={self.hybrid_weight}; expected a share in (0, 1)")
 
     def to_dict(self) -> dict:
         return _jsonable(dataclasses.asdict(self))
@@ -207,11 +213,12 @@ def run_cdi(p_table: FeatureTable, u_table: FeatureTable, config: CdiConfig | No
         scored, ids_p, ids_u, pairing = _fixed_split_test(p, u, config)
     timings["test"] = time.perf_counter() - t0
     verdict = scored.result.to_dict()
+    p_text = stat_tests.format_p(scored.result.p_value, scored.result.log10_p)
     verdict["decision"] = (
-        f"p = {scored.result.p_value:.3g} <= alpha = {config.alpha:g}: the model treats P as more member-like "
+        f"p = {p_text} <= alpha = {config.alpha:g}: the model treats P as more member-like "
         "than U (evidence that P was used in training)"
         if scored.result.reject
-        else f"p = {scored.result.p_value:.3g} > alpha = {config.alpha:g}: "
+        else f"p = {p_text} > alpha = {config.alpha:g}: "
         "no significant evidence that P was used in training"
     )
     curve = None
@@ -239,11 +246,16 @@ def run_cdi(p_table: FeatureTable, u_table: FeatureTable, config: CdiConfig | No
 
 def _crossfit_test(xp, xu, config: CdiConfig) -> stat_tests.ScoredResult:
     common = dict(C=config.C, penalize_intercept=config.penalize_intercept, alpha=config.alpha)
+    if config.test in ("permutation", "hybrid") and config.solver == "sklearn":
+        raise ValueError(
+            f"config solver='sklearn' is not available for the {config.test} test (it refits with the Newton solver)"
+        )
+    if config.test == "hybrid":
+        return stat_tests.hybrid_test(
+            xp, xu, permutations=config.permutations, statistic=config.statistic, weight=config.hybrid_weight,
+            split_fraction=config.split_fraction, seed=config.seed, n_splits=config.n_splits, **common,
+        )
     if config.test == "permutation":
-        if config.solver == "sklearn":
-            raise ValueError(
-                "config solver='sklearn' is not available for the permutation test (it refits with the Newton solver)"
-            )
         return stat_tests.permutation_test(
             xp, xu, permutations=config.permutations, statistic=config.statistic, seed=config.seed,
             n_splits=config.n_splits, **common,
@@ -287,7 +299,12 @@ def _fixed_split_test(p: FeatureTable, u: FeatureTable, config: CdiConfig):
     sp, su = scoring.fixed_split_scores(
         tp, tu, ep, eu, C=config.C, penalize_intercept=config.penalize_intercept, solver=solver
     )
-    if config.test == "permutation":
+    if config.test == "hybrid":
+        result = stat_tests.scores_hybrid_test(
+            sp, su, permutations=config.permutations, statistic=config.statistic, weight=config.hybrid_weight,
+            seed=config.seed, alpha=config.alpha,
+        )
+    elif config.test == "permutation":
         result = stat_tests.scores_permutation_test(
             sp, su, permutations=config.permutations, statistic=config.statistic, seed=config.seed, alpha=config.alpha
         )

@@ -33,6 +33,21 @@ unpublished set U under the scoring model of :mod:`jaxmia.inference.scoring`. Th
     calibrated: on 26-d null features at α = 0.01 it rejects 4–8 % of the time (measured; see
     :data:`REFERENCE_FPR_NOTE` and ``scripts/null_calibration.py``).
 
+``"hybrid"`` (the default; evidence strength, issue 16)
+    The permutation test above cannot say anything below 1/(B + 1). The hybrid reports
+    ``p = min(1, p_perm / w, p_tail / (1 − w))`` (default w = 0.9), where ``p_perm`` is the permutation
+    p-value and ``p_tail`` an exact-bound sign-flip p-value on held-out pairs: a seeded random half of
+    the pairs trains the scoring model, the other half gives differences d_i = s(P_i) − s(U_i), and
+    with S = Σd_i / √(Σd_i²), ``p_tail = min(1, exp(−S²/2), (2e³/9)·Φ̄(S))``. Under H0 the held-out
+    pairs are i.i.d. and exchangeable within the pair while the model is fixed, so the signs of the
+    d_i are independent fair coins given |d|, and S is a Rademacher sum with Σa_i² = 1; Hoeffding's
+    inequality and Pinelis's bound (Ann. Statist. 22 (1994) 357–368, Theorem 1.1/Cor. 2.6:
+    P(Σε_i a_i ≥ x) ≤ (2e³/9)·Φ̄(x); Bentkus & Dzindzalieta, Bernoulli 21 (2015) tighten the constant
+    to ≈ 3.18) make ``p_tail`` valid for any n and any score distribution. Both components are valid
+    p-values, so by the union bound P(p ≤ α) ≤ wα + (1 − w)α = α: calibrated by construction, with no
+    floor other than the evidence itself (S ≤ √m, so m held-out pairs can give at most
+    p_tail ≈ 4.46·Φ̄(√m)). ``log10_p`` carries the exponent when p underflows a float.
+
 Every test returns a :class:`InferenceResult` that says how its p-value was obtained.
 """
 
@@ -47,7 +62,10 @@ from scipy.special import expit
 
 from jaxmia.inference import scoring
 
-TESTS = ("permutation", "split", "cdi_reference")
+TESTS = ("hybrid", "permutation", "split", "cdi_reference")
+DEFAULT_TEST = "hybrid"
+HYBRID_WEIGHT = 0.9  # share of alpha given to the permutation component of the hybrid
+PINELIS_C = 2.0 * np.e**3 / 9.0  # Pinelis 1994: P(sum eps_i a_i >= x) <= C * Phi_bar(x) when sum a_i^2 = 1
 STATISTICS = ("mean_diff", "welch_t")
 
 # Measured with scripts/null_calibration.py (26-d standard Gaussian null features, 1000 trials each;
@@ -77,6 +95,8 @@ class InferenceResult:
       permutations: B for the permutation test, else None.
       df: Welch–Satterthwaite degrees of freedom for Welch-based tests, else None.
       note: caveats (e.g. the measured miscalibration of ``cdi_reference``).
+      log10_p: log10 of the p-value, finite where the float p underflows (the hybrid), else None.
+      components: the hybrid's parts (permutation and tail p-values, weights, held-out pairs), else None.
     """
 
     p_value: float
@@ -92,6 +112,8 @@ class InferenceResult:
     permutations: int | None = None
     df: float | None = None
     note: str = ""
+    log10_p: float | None = None
+    components: dict | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -318,6 +340,111 @@ def reference_pvalues(
     return p, t
 
 
+# ---- evidence strength: the sign-flip tail bound and the hybrid ------------------------------------
+
+
+def rademacher_tail_log10(s) -> np.ndarray:
+    """log10 of an upper bound on P(Σ ε_i a_i ≥ s), ε_i fair ±1 coins, any weights with Σ a_i² = 1.
+
+    The bound is ``min(1, exp(−s²/2), (2e³/9)·Φ̄(s))``: Hoeffding (1963) for s ≥ 0, and Pinelis,
+    "Extremal probabilistic problems and Hotelling's T² test under a symmetry condition", Ann. Statist.
+    22 (1994), whose constant 2e³/9 ≈ 4.46 makes the bound within a constant factor of the Gaussian
+    tail however far out. Computed in log space (``scipy.stats.norm.logsf``), so it stays finite where
+    the probability underflows a float.
+    """
+    s = np.asarray(s, np.float64)
+    hoeffding = np.where(s > 0, -0.5 * np.maximum(s, 0.0) ** 2 / np.log(10.0), 0.0)
+    pinelis = (np.log(PINELIS_C) + stats.norm.logsf(s)) / np.log(10.0)
+    return np.minimum(0.0, np.minimum(hoeffding, pinelis))
+
+
+def signflip_tail_pvalues(d: np.ndarray):
+    """Exact-bound one-sided sign-flip p-values of paired differences d (..., m), member direction d > 0.
+
+    ``S = Σ d_i / √(Σ d_i²)``; given |d| and H0 (each d_i symmetric about 0, independently), S is a
+    Rademacher sum with unit weight norm, so ``p = 10**rademacher_tail_log10(S)`` satisfies
+    P(p ≤ x) ≤ x for every x (valid by construction; no normal approximation). All-zero d gives p = 1.
+
+    Returns:
+      ``(p, log10_p, S)`` over the leading axes.
+    """
+    d = np.asarray(d, np.float64)
+    norm = np.sqrt((d**2).sum(-1))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        s = np.where(norm > 0, d.sum(-1) / np.where(norm > 0, norm, 1.0), 0.0)
+    log10_p = rademacher_tail_log10(s)
+    return 10.0**log10_p, log10_p, s
+
+
+def hybrid_split(n: int, seed, split_fraction: float = 0.5):
+    """(order, n_train): the hybrid's seeded split of n pairs (the same stream as :func:`split_test`)."""
+    if not 0.0 < split_fraction < 1.0:
+        raise ValueError(f"split_fraction must be in (0, 1), got {split_fraction}")
+    n_train = int(np.floor(split_fraction * n))
+    if n_train < 1 or n - n_train < 2:
+        raise ValueError(f"the hybrid test needs at least 1 training and 2 held-out pairs; {n} pairs give "
+                         f"{n_train} and {n - n_train}")
+    return rng_for(seed, _SPLIT).permutation(n), n_train
+
+
+def combine_hybrid(p_perm, log10_tail, weight: float = HYBRID_WEIGHT):
+    """``p = min(1, p_perm / w, p_tail / (1 − w))`` and its log10: valid by the union bound."""
+    if not 0.0 < weight < 1.0:
+        raise ValueError(f"hybrid weight must be in (0, 1), got {weight}")
+    log10 = np.minimum(0.0, np.minimum(np.log10(np.asarray(p_perm, np.float64)) - np.log10(weight),
+                                       np.asarray(log10_tail) - np.log10(1.0 - weight)))
+    return 10.0**log10, log10
+
+
+def hybrid_pvalues(
+    xp,
+    xu,
+    seeds: Sequence,
+    *,
+    permutations: int = 1000,
+    statistic: str = "mean_diff",
+    weight: float = HYBRID_WEIGHT,
+    split_fraction: float = 0.5,
+    n_splits: int = 5,
+    C: float = 1.0,
+    penalize_intercept: bool = True,
+    tol: float = 1e-8,
+    details: bool = False,
+):
+    """The hybrid p-values of T trials at once (module docstring): permutation ⊕ sign-flip tail bound.
+
+    Trial t's swaps come from ``seeds[t]`` (:func:`swap_patterns`) and its held-out half from
+    :func:`hybrid_split` with the same seed, so a trial gives the same result alone or in a batch and
+    :func:`hybrid_test` equals this function with T = 1.
+
+    Returns:
+      ``(p, log10_p)`` (T,), or with ``details`` a dict adding ``p_permutation``, ``p_tail``,
+      ``log10_p_tail``, ``tail_statistic``, ``t_obs``, the observed cross-fitted scores ``sp``, ``su``,
+      and the held-out rows / differences.
+    """
+    xp = np.asarray(xp, np.float64)
+    xu = np.asarray(xu, np.float64)
+    scoring._check_pair(xp, xu, "hybrid test")
+    T, n, _ = xp.shape
+    p_perm, t_obs, sp, su = permutation_pvalues(
+        xp, xu, seeds, permutations=permutations, return_scores=True, statistic=statistic, n_splits=n_splits,
+        C=C, penalize_intercept=penalize_intercept, tol=tol,
+    )
+    splits = [hybrid_split(n, s, split_fraction) for s in seeds]
+    orders = np.stack([o for o, _ in splits])
+    n_train = splits[0][1]
+    take = np.arange(T)[:, None]
+    _, _, _, hp, hu = split_pvalues(xp[take, orders], xu[take, orders], n_train, C=C,
+                                    penalize_intercept=penalize_intercept, tol=tol, return_scores=True)
+    p_tail, log10_tail, s_tail = signflip_tail_pvalues(hp - hu)
+    p, log10_p = combine_hybrid(p_perm, log10_tail, weight)
+    if not details:
+        return p, log10_p
+    return {"p": p, "log10_p": log10_p, "p_permutation": p_perm, "p_tail": p_tail, "log10_p_tail": log10_tail,
+            "tail_statistic": s_tail, "t_obs": t_obs, "sp": sp, "su": su, "held_out_rows": orders[:, n_train:],
+            "n_train": n_train}
+
+
 # ---- single-audit tests -----------------------------------------------------------------------------
 
 
@@ -375,6 +502,56 @@ def permutation_test(
     )
     rows = np.arange(n)
     return ScoredResult(result, sp[0], su[0], rows, rows)
+
+
+def hybrid_test(
+    xp,
+    xu,
+    *,
+    permutations: int = 1000,
+    statistic: str = "mean_diff",
+    weight: float = HYBRID_WEIGHT,
+    split_fraction: float = 0.5,
+    seed=0,
+    alpha: float = 0.01,
+    n_splits: int = 5,
+    C: float = 1.0,
+    penalize_intercept: bool = True,
+) -> ScoredResult:
+    """The default test: the permutation test's p, with a sign-flip tail bound for strong evidence.
+
+    ``p = min(1, p_perm / weight, p_tail / (1 − weight))`` (module docstring). The reported scores
+    are the permutation component's out-of-fold scores of every row; ``components`` holds both parts.
+
+    References:
+      Phipson & Smyth 2010 (permutation p); Hoeffding 1963 and Pinelis 1994 (the tail bound);
+      the union bound for the combination.
+    """
+    xp, xu = _paired(xp, xu, "hybrid test")
+    r = hybrid_pvalues(xp[None], xu[None], [seed], permutations=permutations, statistic=statistic, weight=weight,
+                       split_fraction=split_fraction, n_splits=n_splits, C=C, penalize_intercept=penalize_intercept,
+                       details=True)
+    n = xp.shape[0]
+    m = n - r["n_train"]
+    p, log10_p = float(r["p"][0]), float(r["log10_p"][0])
+    components = {
+        "p_permutation": float(r["p_permutation"][0]), "permutations": permutations, "weight_permutation": weight,
+        "p_tail": float(r["p_tail"][0]), "log10_p_tail": float(r["log10_p_tail"][0]),
+        "weight_tail": 1.0 - weight, "tail_statistic": float(r["tail_statistic"][0]),
+        "tail_pairs_train": int(r["n_train"]), "tail_pairs_tested": int(m),
+        "smallest_possible_log10_p": float(combine_hybrid(1.0 / (1 + permutations),
+                                                          rademacher_tail_log10(np.sqrt(m)), weight)[1]),
+    }
+    result = InferenceResult(
+        p_value=p, method="hybrid", statistic=float(r["t_obs"][0]), statistic_name=statistic, alternative="greater",
+        is_correct_order=bool(r["t_obs"][0] > 0), n_p=n, n_u=n, alpha=alpha, reject=bool(p <= alpha),
+        permutations=permutations, log10_p=log10_p, components=components,
+        note=f"p = min(1, p_perm/{weight:g}, p_tail/{1 - weight:.2g}): p_perm is the whole-pipeline permutation "
+        f"p-value (B = {permutations}, floor {1 / (1 + permutations):.2g}); p_tail an exact-bound sign-flip p-value "
+        f"on {m} held-out pairs (model fitted on the other {r['n_train']}); valid by the union bound",
+    )
+    rows = np.arange(n)
+    return ScoredResult(result, r["sp"][0], r["su"][0], rows, rows)
 
 
 def split_test(
@@ -479,6 +656,49 @@ def scores_permutation_test(
         reject=bool(p <= alpha), permutations=permutations,
         note="label permutation of held-out scores (the scoring model never saw these rows)",
     )
+
+
+def scores_hybrid_test(
+    sp,
+    su,
+    *,
+    permutations: int = 1000,
+    statistic: str = "mean_diff",
+    weight: float = HYBRID_WEIGHT,
+    seed=0,
+    alpha: float = 0.01,
+) -> InferenceResult:
+    """The hybrid on held-out scores of a fixed-split model (no refit: the model never saw them).
+
+    p_perm: :func:`scores_permutation_test`; p_tail: the sign-flip bound on min(|P|, |U|) pairs, each
+    side in the seeded order ``default_rng([seed, 2, side])``. Combined as in :func:`hybrid_test`.
+    """
+    perm = scores_permutation_test(sp, su, permutations=permutations, statistic=statistic, seed=seed, alpha=alpha)
+    sp = np.asarray(sp, np.float64)
+    su = np.asarray(su, np.float64)
+    m = min(sp.size, su.size)
+    a = sp[rng_for([*np.atleast_1d(seed), 0], _SPLIT).permutation(sp.size)[:m]]
+    b = su[rng_for([*np.atleast_1d(seed), 1], _SPLIT).permutation(su.size)[:m]]
+    p_tail, log10_tail, s_tail = signflip_tail_pvalues(a - b)
+    p, log10_p = combine_hybrid(perm.p_value, log10_tail, weight)
+    components = {"p_permutation": perm.p_value, "permutations": permutations, "weight_permutation": weight,
+                  "p_tail": float(p_tail), "log10_p_tail": float(log10_tail), "weight_tail": 1.0 - weight,
+                  "tail_statistic": float(s_tail), "tail_pairs_tested": int(m)}
+    return InferenceResult(
+        p_value=float(p), method="hybrid", statistic=perm.statistic, statistic_name=statistic, alternative="greater",
+        is_correct_order=perm.is_correct_order, n_p=sp.size, n_u=su.size, alpha=alpha, reject=bool(p <= alpha),
+        permutations=permutations, log10_p=float(log10_p), components=components,
+        note=f"held-out scores of a fixed split: p = min(1, p_perm/{weight:g}, p_tail/{1 - weight:.2g}) with "
+        f"p_perm a label permutation test and p_tail a sign-flip bound on {m} seeded pairs",
+    )
+
+
+def format_p(p: float, log10_p: float | None = None) -> str:
+    """``"0.0123"``, ``"3.2e-12"``, or ``"1e-412"`` (from log10) where the float underflows."""
+    if p > 0 or log10_p is None:
+        return f"{p:.3g}"
+    mant = 10 ** (log10_p - np.floor(log10_p))
+    return f"{mant:.2g}e{int(np.floor(log10_p))}"
 
 
 def _paired(xp, xu, where: str):
