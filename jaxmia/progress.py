@@ -1,4 +1,4 @@
-"""Progress lines with an ETA that ignores compile time (style.md §14).
+"""Progress lines with an ETA that ignores compile time (docs/methods/design.md §14).
 
 The first step of a jitted loop compiles; its duration says nothing about the steady state, so the
 rate (and the ETA) is measured from the end of the first step on. Every line also gives the seconds

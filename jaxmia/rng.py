@@ -2,7 +2,7 @@
 
 Every random draw jaxmia makes for an image comes from ``sample_key(seed, id, purpose)``: the
 result does not depend on the batch the image shares, the batch size, the device count or a
-restart (style.md §5). Ids are strings; they are hashed on the host to two 32-bit words, which
+restart (docs/methods/design.md §5). Ids are strings; they are hashed on the host to two 32-bit words, which
 travel into jitted code as a ``(B, 2) uint32`` array, and keys are derived there.
 """
 

@@ -1,9 +1,9 @@
 """Noise schedules and the closed-form moves of a DDPM, in pure ``jnp``.
 
-Conventions (cdi-spec.md §1, mia-methods.md §1):
+Conventions (docs/methods/cdi.md §1, docs/methods/mia.md §1):
 
 * ``alphas_cumprod[t]`` is ā_t for the model's own integer timestep t = 0..T-1; the table is
-  indexed with the same integer the model receives, with no offset correction (cdi-spec.md §9, Q8).
+  indexed with the same integer the model receives, with no offset correction (docs/methods/cdi.md §9, Q8).
 * ``t = -1`` (``CLEAN``) stands for the clean image, ā = 1. Samplers use it as the target of the
   last move.
 * Every function takes per-example or broadcastable arrays and never reduces.
@@ -95,7 +95,7 @@ def make_schedule(
     """Builds a :class:`Schedule`.
 
     Args:
-      first_index_clean: the U-ViT convention (cdi-spec.md §9): ā[0] = 1 and
+      first_index_clean: the U-ViT convention (docs/methods/cdi.md §9): ā[0] = 1 and
         ā[n] = Π_{i=1..n}(1 − β_i), so the table has T + 1 entries and t = 0 is the clean input.
     """
     if prediction_type not in PREDICTION_TYPES:
@@ -199,7 +199,7 @@ def predict_x0(schedule: Schedule, x_t, t, eps):
 
 
 def ddim_step(schedule: Schedule, x_t, eps, t_from, t_to):
-    """Deterministic DDIM move (η = 0) from ``t_from`` to ``t_to`` (cdi-spec.md §3).
+    """Deterministic DDIM move (η = 0) from ``t_from`` to ``t_to`` (docs/methods/cdi.md §3).
 
     Inversion when ``t_to > t_from``, denoising when ``t_to < t_from``; ``t_to == t_from`` is the
     identity. ``t_to = CLEAN`` lands on x̂0.

@@ -2,7 +2,7 @@
 
 A table is a ``.npz`` written without pickles: ``ids`` (N,) unicode, ``names`` (F,) unicode,
 ``values`` (N, F) float64. A JSON sidecar ``<file>.json`` holds the resolved config, seed, model
-digest and versions. Rows are joined by id, never by position (cdi-spec.md §2, Q10).
+digest and versions. Rows are joined by id, never by position (docs/methods/cdi.md §2, Q10).
 """
 
 from __future__ import annotations

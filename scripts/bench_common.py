@@ -26,7 +26,7 @@ from typing import Callable, Optional
 
 import numpy as np
 
-# google/ddpm-cifar10-32's UNet (models-and-weights.md §6): 35.7M parameters, attention at 16x16.
+# google/ddpm-cifar10-32's UNet (docs/methods/models.md §6): 35.7M parameters, attention at 16x16.
 CIFAR_UNET_CONFIG = {
     "_class_name": "UNet2DModel",
     "sample_size": 32,
@@ -100,7 +100,7 @@ def setup_devices(cpu_devices: int) -> list:
     """Splits the host CPU into ``cpu_devices`` JAX devices (must run before JAX's first operation).
 
     On this 2-core machine, sharding a batch over 2 host devices is the one XLA:CPU setting that pays
-    (about 1.6x on a UNet forward; models-and-weights.md §10-11). On a GPU host the CPU count is
+    (about 1.6x on a UNet forward; docs/methods/models.md §10-11). On a GPU host the CPU count is
     irrelevant: the returned devices are the accelerators.
     """
     import jax

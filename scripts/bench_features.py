@@ -57,7 +57,7 @@ WHILE_LOOP_ROWS = ("cdi[while_loop]",)
 DEFAULT_ROWS = ("unet_forward", "unet_vjp", "loss", "secmi", "pia+pian", "cdi")
 FORWARD_T = 500  # the timestep of the unet_forward row (the cost does not depend on it)
 DETERMINISTIC_TOL = 1e-4  # max relative difference of the agreement check's exact columns
-FORWARD_TOL = 1e-5  # max absolute difference of the UNet outputs (models-and-weights.md §9)
+FORWARD_TOL = 1e-5  # max absolute difference of the UNet outputs (docs/methods/models.md §9)
 VJP_TOL = 1e-4  # max absolute difference of the input gradients, relative to their largest magnitude
 
 

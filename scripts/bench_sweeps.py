@@ -10,7 +10,7 @@ The same batches go through
 * ``scan``: the program :func:`jaxmia.features.loss_sweep` runs (vmap over images, ``lax.scan``
   over the flattened (t, draw) grid inside each image; the batch split over the data mesh);
 * ``vmap``: the same per-image errors with a ``vmap`` over the (t, draw) grid instead of the scan,
-  so the network sees one batch of B x T x R inputs (models-and-weights.md §10 found this slower on
+  so the network sees one batch of B x T x R inputs (docs/methods/models.md §10 found this slower on
   this CPU);
 * ``loop``: a Python loop over t around one compiled program with t as an argument (B x R inputs);
 * ``loss_sweep()``: the public API end to end (placement, padding, host transfers; scan inside);

@@ -48,7 +48,7 @@ def prepare_command(cifar_dir, split, out_dir, n, overwrite):
     click.echo(f"labels: {done.labels}; manifest: {done.manifest_path}")
     if not m["is_secmi_cifar10_split"]:
         click.echo("note: the split file is not SecMI's CIFAR-10 split (checksum of its first indices and sizes, "
-                   "mia-methods.md §2.1); the published numbers do not apply to it")
+                   "docs/methods/mia.md §2.1); the published numbers do not apply to it")
 
 
 @main.command("split-table")

@@ -121,7 +121,7 @@ class Size:
     drc_nonmembers: int = 400
     folds: int = 5
     curve_reps: int = 500
-    curve_grid: tuple | None = None  # None: the library's grid (cdi-spec.md §7) up to the available pairs
+    curve_grid: tuple | None = None  # None: the library's grid (docs/methods/cdi.md §7) up to the available pairs
     headline_targets: tuple = ("demo",)
     perm_grid: tuple = (5, 10, 20, 30, 40, 50, 70, 100, 150, 200)
     perm_reps: int = 40
@@ -453,7 +453,7 @@ def feature_groups(names) -> dict[str, list]:
 def crossfit_member_scores(x: np.ndarray, is_member: np.ndarray, *, folds: int, seed: int) -> np.ndarray:
     """Per-image CDI scores: stratified ``folds``-fold cross-fitting of the CDI scoring model.
 
-    Fold k's images are scored by the standardiser + logistic regression of cdi-spec.md §5.1 fitted
+    Fold k's images are scored by the standardiser + logistic regression of docs/methods/cdi.md §5.1 fitted
     on the other folds' members (label 1) and non-members (label 0)
     (:func:`jaxmia.inference.scoring.fixed_split_scores`), so no image is scored by a model that saw
     it. Folds are a seeded shuffle of the members and of the non-members, dealt round-robin.
@@ -632,7 +632,7 @@ def study_statistics(inputs: dict[str, TargetData], size: Size, *, jobs: int) ->
 # ---- stage 5: the document -------------------------------------------------------------------------
 
 PUBLISHED_MIA = [
-    # (setting, method, AUC, ASR, TPR@1%, TPR@0.1%, source): mia-methods.md §5
+    # (setting, method, AUC, ASR, TPR@1%, TPR@0.1%, source): docs/methods/mia.md §5
     ("DDPM CIFAR-10, SecMI split (25k/25k)", "NA (loss, t = 200)", "0.847", "—", "6.85%", "—", "[P] PIA Tab.2"),
     ("〃", "SecMI_stat", "0.881", "0.811", "9.11%", "0.66%", "[P] SecMI, via PIA Tab.2 and NoiseAgg"),
     ("〃", "PIA (t = 200, ℓ4)", "0.885", "—", "13.7%", "—", "[P] PIA Tab.2"),
@@ -819,7 +819,7 @@ def write_markdown(doc: Path, stats: dict, targets: list[dict], header: dict, si
         "less moves it by 1/n_members. ASR is the best balanced accuracy with a threshold chosen on the "
         "evaluation labels (an oracle).")
     add("")
-    add("**Published numbers** (mia-methods.md §5; AUC and ASR fractions, TPR in %):")
+    add("**Published numbers** (docs/methods/mia.md §5; AUC and ASR fractions, TPR in %):")
     add("")
     add("| setting | method | AUC | ASR | TPR@1% | TPR@0.1% | source |")
     add("|---|---|---|---|---|---|---|")
@@ -958,12 +958,12 @@ def _mia_method_text(header: dict, size: Size) -> str:
     return (
         "Every member and the non-members listed per table are scored by each statistic (the `cdi` feature "
         "preset of `jaxmia.features`, seed 0; lower = member for loss, SecMI, PIA and PIAN). Metrics come from "
-        "the exact ROC (`jaxmia.inference.evaluate_mia`, mia-methods.md §2.3). **CDI score** is the CDI "
+        "the exact ROC (`jaxmia.inference.evaluate_mia`, docs/methods/mia.md §2.3). **CDI score** is the CDI "
         f"scoring model (standardiser + L2 logistic regression on all 26 features) applied per image with "
         f"{size.folds}-fold stratified cross-fitting: each image is scored by a model fitted on the other folds' "
         "labelled members and non-members, never on itself. Unlike the four statistics it is *supervised*: it "
         "needs labelled members, which an auditor running CDI does not have (CDI fits the same model on P vs U "
-        "instead). **DRC** (degrade, restore, compare; mia-methods.md §4.2, jaxmia's recipe, not the paper's "
+        "instead). **DRC** (degrade, restore, compare; docs/methods/mia.md §4.2, jaxmia's recipe, not the paper's "
         f"code) restores {len(size.drc_kinds) * len(size.drc_ratios)} masked versions of each image "
         f"({' and '.join(size.drc_kinds)} masks, hole ratios {', '.join(f'{r:g}' for r in size.drc_ratios)}; "
         f"DDIM, strength {size.drc_strength:g}, {size.drc_steps} steps), scores PSNR on the hole, and averages "
@@ -1016,7 +1016,7 @@ def _mia_comparison(stats: dict, by_name: dict, order: list) -> str:
             + "; ".join(f"`{n}`: " + ", ".join(f"{c} {aucs[n][c]:.3f}" for c in SINGLE_ATTACKS) for n in order)
             + ". "
             + ("This matches the published picture that membership signals grow with training length per "
-               "example (LiRA's TPR@1% rises from 5% to 99% with it, mia-methods.md §5)."
+               "example (LiRA's TPR@1% rises from 5% to 99% with it, docs/methods/mia.md §5)."
                if monotone or best_monotone else "The published training-length ablations lead one to expect "
                "a consistent fall; this run does not show it.")
         )
@@ -1030,7 +1030,7 @@ def _mia_comparison(stats: dict, by_name: dict, order: list) -> str:
            f"The leader differs ({ranked[0]} here). ")
         + ("PIAN falls much further behind here than on CIFAR-10 (TPR@1% 31.2% there); "
            "the CDI authors also found PIAN the weakest of the four on their large models (TPR@1% 1.53%, "
-           "mia-methods.md §5). We have not isolated why; PIAN rescales ε_θ(x0, 0) to the mean |·| of a "
+           "docs/methods/mia.md §5). We have not isolated why; PIAN rescales ε_θ(x0, 0) to the mean |·| of a "
            "Gaussian, a plausible poor fit for 64-pixel digits with a constant background. "
            if aucs[ref]["pian"] < min(aucs[ref][c] for c in SINGLE_ATTACKS if c != "pian") else "")
     )
@@ -1047,7 +1047,7 @@ def _mia_comparison(stats: dict, by_name: dict, order: list) -> str:
         f"parameters, 64-pixel images and {lo_pass:.0f}–{hi_pass:.0f} passes per member. "
         f"(2) Low-FPR resolution: with {n_neg} non-members on `{ref}`, 1% FPR allows {int(0.01 * n_neg)} false "
         "positives and 0.1% allows one, against 250 and 25 for CIFAR-10's 25k; our TPR@0.1% values are "
-        "anecdotes (†), and mia-methods.md §2.3 expects ±1–3 points of TPR@1% between seeds even at 25k. "
+        "anecdotes (†), and docs/methods/mia.md §2.3 expects ±1–3 points of TPR@1% between seeds even at 25k. "
         "(3) DRC: the published 0.931 (CIFAR-10) and 0.989 (CelebA) compare restorations through CLIP / "
         "face-recognition embeddings on 32–64 px images; jaxmia's recipe compares pixels (PSNR) on the hole of "
         "an 8×8 digit, so only a qualitative comparison is possible (" + ", ".join(drc_parts) + "). "
@@ -1067,7 +1067,7 @@ def _curve_method_text(stats: dict, order: list, size: Size) -> str:
         "all ten feature groups fit in the budget; it tests on n/2 pairs and so needs more samples than the "
         "audit's default permutation test (the numbers are upper estimates for it; the headline comparison "
         "below uses the permutation test). \"Samples needed\" is the smallest n on the grid whose mean p ≤ 0.01 "
-        "(cdi-spec.md §7). Groups follow the paper's feature ablation (existing MIAs, new features, all), plus "
+        "(docs/methods/cdi.md §7). Groups follow the paper's feature ablation (existing MIAs, new features, all), plus "
         "each new family and each single statistic alone (one-column scoring model: a learned sign). "
         "Figures show mean p (line, bootstrap 95% band) and median p (dotted) for all, existing, new and the "
         "best single statistic."
@@ -1154,7 +1154,7 @@ def _curve_comparison(stats: dict, by_name: dict, order: list) -> str:
     new_weaker = [n for n in order if not le(needed(n, "new"), needed(n, "mia"))]
     text = [
         "**Published:** CDI reaches p < 0.01 with as few as **70** samples per side on its most favourable "
-        "model (cdi-spec.md §7, paper abstract) and needs hundreds to thousands on the others; in its feature "
+        "model (docs/methods/cdi.md §7, paper abstract) and needs hundreds to thousands on the others; in its feature "
         "ablation (Figure 3) the new features, and all features together, need fewer samples than the existing "
         "MIAs alone. Those are ImageNet/COCO-scale latent models (LDM, DiT, U-ViT) with 20,000 images per side, "
         "single attacks with TPR@1% of only 1.5–5.6%, and the reference's cross-fit + Welch protocol "
@@ -1189,7 +1189,7 @@ def _curve_comparison(stats: dict, by_name: dict, order: list) -> str:
 def _contamination_text(stats: dict, order: list, size: Size) -> str:
     rows = [
         "The suspect set P holds a fraction of the target's members and the rest non-members; U is n other "
-        "non-members (`jaxmia.inference.contamination_curve`, cdi-spec.md §8). All 26 features, permutation "
+        "non-members (`jaxmia.inference.contamination_curve`, docs/methods/cdi.md §8). All 26 features, permutation "
         f"test (B = {size.contamination_permutations}, so p ≥ {1 / (size.contamination_permutations + 1):.3g}), "
         f"{size.contamination_reps} resamples per cell; n = min({size.contamination_n}, members). "
         "Power = fraction of resamples with p ≤ 0.01.",
@@ -1213,7 +1213,7 @@ def _contamination_text(stats: dict, order: list, size: Size) -> str:
         lowest[n] = min(ok) if ok else None
     rows.append(
         "**Published:** the paper's Figure 4 plots mean p against the contamination ratio for LDM256, DiT512 and "
-        "U-ViT at n up to 10,000 (cdi-spec.md §8): detection survives substantial dilution at large n, and at "
+        "U-ViT at n up to 10,000 (docs/methods/cdi.md §8): detection survives substantial dilution at large n, and at "
         "r = 1 (no member at all) the authors' slides give mean p ≈ 0.39–0.4 for non-members, which is the "
         "reference protocol's miscalibration (a calibrated test gives 0.5). **Here**, the smallest member "
         "fraction with mean p ≤ 0.01 is "
@@ -1280,7 +1280,7 @@ def _null_text(stats: dict, order: list, size: Size) -> str:
     rows.append(
         "**Published / expected:** a calibrated test rejects 1% of innocent splits at α = 0.01. The CDI paper "
         "reports no false-positive *rate*; its false-positive table gives mean p ≈ 0.39–0.4 for non-members "
-        "(cdi-spec.md §8), and the reference protocol measured in cdi-spec.md §6 / docs/inference.md rejects "
+        "(docs/methods/cdi.md §8), and the reference protocol measured in docs/methods/cdi.md §6 / docs/inference.md rejects "
         "1.75–7.5% of null splits (4.5–8.25% on the CDI features of a small pixel DDPM). **Here:** the "
         f"permutation test rejects {', '.join(f'{100 * v:.1f}%' for v in perm)} ({'/'.join(order)}), "
         + ("inside the 2% bound on every target" if max(perm) <= 0.02 else "above the 2% bound on some target")
@@ -1293,14 +1293,14 @@ def _null_text(stats: dict, order: list, size: Size) -> str:
 
 def _settings_text(header: dict, size: Size) -> str:
     return "\n".join([
-        f"* feature preset `cdi` (cdi-spec.md §4.8 defaults){', overrides ' + str(dict(size.feature_overrides)) if size.feature_overrides else ''}; "
+        f"* feature preset `cdi` (docs/methods/cdi.md §4.8 defaults){', overrides ' + str(dict(size.feature_overrides)) if size.feature_overrides else ''}; "
         f"seed {size.seed}; extraction batch {size.batch_size}; features of each target in "
         f"`{header['work']}/features/<target>/cdi.npz`, DRC scores in `{header['work']}/features/<target>/drc/`.",
         "* images: every member and every non-member of each target"
         + (f" (at most {size.max_members} members and {size.max_nonmembers} non-members, seeded)" if size.max_members else "")
         + f"; DRC on at most {size.drc_members} members, {size.drc_calibration} calibration and "
         f"{size.drc_nonmembers} evaluation non-members (seeded, disjoint).",
-        f"* statistics: split-test curves {size.curve_reps} resamples per n on the grid of cdi-spec.md §7 "
+        f"* statistics: split-test curves {size.curve_reps} resamples per n on the grid of docs/methods/cdi.md §7 "
         f"(5–10, 20–100 by 10, 200–1000 by 100 …, up to the pairs); permutation curves on n ∈ "
         f"{', '.join(map(str, size.perm_grid))}; null {size.null_trials} splits of n = {size.null_n}; "
         f"contamination n = {size.contamination_n}; α = {ALPHA}; processes: {header['jobs']}.",

@@ -1,7 +1,7 @@
 """The benchmarks' PyTorch baseline: plain eager loops over diffusers' ``UNet2DModel``.
 
 CDI signals (:func:`run`): the reference implementation's straightforward algorithm
-(cdi-spec.md §4), one extractor after the other, each over the whole batch, with the UNet counted
+(docs/methods/cdi.md §4), one extractor after the other, each over the whole batch, with the UNet counted
 per image:
 
 * DL: 5 independent draws at t = 100 (5 calls);

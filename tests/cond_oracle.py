@@ -1,6 +1,6 @@
 """Shared helpers of the conditional-model tests: diffusers' / transformers' PyTorch models as oracles.
 
-PyTorch, diffusers and transformers are test-only dependencies (models-and-weights.md §2).
+PyTorch, diffusers and transformers are test-only dependencies (docs/methods/models.md §2).
 """
 
 from __future__ import annotations

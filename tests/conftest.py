@@ -2,7 +2,7 @@
 
 import os
 
-# Must happen before JAX initialises its backends (models-and-weights.md §11).
+# Must happen before JAX initialises its backends (docs/methods/models.md §11).
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 flags = os.environ.get("XLA_FLAGS", "")
 if "xla_force_host_platform_device_count" not in flags:

@@ -3,7 +3,7 @@
 A tiny DiT (8×8×4 latents, patch 2, 2 blocks, 2 heads of 16, 10 classes + the null class, learned σ)
 with seeded random weights is saved with ``save_pretrained(safe_serialization=True)``, loaded through
 jaxmia's loader and compared at t ∈ {0, 500, 999} with class labels including the null label 10.
-Tolerance 1e-4 (models-and-weights.md §9).
+Tolerance 1e-4 (docs/methods/models.md §9).
 """
 
 import jax

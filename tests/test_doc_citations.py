@@ -197,3 +197,9 @@ def test_command_line_runs_without_jax(args):
     assert result.returncode == 0, result.stderr
     assert result.stdout.rstrip().endswith("no jax")
     assert "old-style citation line(s)" in result.stdout or "would change" in result.stdout
+
+
+def test_no_citation_of_the_unshipped_notes_is_left():
+    """Every citation points at a page that ships (docs/methods/); none at the team's private notes."""
+    left = rdc.check_tree(ROOT)
+    assert not left, "\n".join(f"{path}:{line}: {text}" for path, line, text in left[:10])

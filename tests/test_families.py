@@ -1,5 +1,5 @@
 """The model-family registry (configs/families/*.toml) and how load_denoiser uses it: values checked
-against cdi-spec.md §9 with NumPy oracles of the schedules; folders built with Flax (no torch)."""
+against docs/methods/cdi.md §9 with NumPy oracles of the schedules; folders built with Flax (no torch)."""
 
 import dataclasses
 import json
@@ -34,7 +34,7 @@ def test_registry_lists_the_families():
     ("sd", ("scaled_linear", 0.00085, 0.012), ("kl", "sample", 0.18215), "text", "standard", False),
 ])
 def test_family_values(name, beta, latent, cond, convention, learned_sigma):
-    """cdi-spec.md §9's table, row by row."""
+    """docs/methods/cdi.md §9's table, row by row."""
     f = families.load_family(name)
     assert (f.schedule.beta_schedule, f.schedule.beta_start, f.schedule.beta_end) == beta
     assert f.schedule.num_train_timesteps == 1000 and f.schedule.prediction_type == "epsilon"

@@ -1,4 +1,4 @@
-"""Closed-form checks of every signal with the analytic single-point denoiser (cdi-spec.md §11, 6-11)."""
+"""Closed-form checks of every signal with the analytic single-point denoiser (docs/methods/cdi.md §11, 6-11)."""
 
 import math
 

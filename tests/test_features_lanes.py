@@ -1,6 +1,6 @@
 """The lane pool (jaxmia.features.lanes): NO without waiting on the slowest lane, bit for bit.
 
-Fixture: the exact denoiser of one training point x* (cdi-spec.md §11). NO's objective is then a
+Fixture: the exact denoiser of one training point x* (docs/methods/cdi.md §11). NO's objective is then a
 cone, J(δ) = ‖√ā·(x0 − x*) + δ‖₂ / √(1 − ā) with apex at distance r = √ā·‖x0 − x*‖: a far image
 (r ≫ 5) takes 5 accepted unit-length steepest-descent moves (6 evaluations: the gradient never
 changes, so no curvature pair is stored), while an image close to x* (r ≪ 1) overshoots the apex

@@ -58,7 +58,7 @@ def test_loss_sweep_matches_a_numpy_loop(setup):
 
 
 def test_single_point_sweep_does_not_depend_on_the_draw():
-    """cdi-spec.md §11.6: with one training point the error is √(ā/(1−ā))·‖x0 − x*‖ for every ε."""
+    """docs/methods/cdi.md §11.6: with one training point the error is √(ā/(1−ā))·‖x0 − x*‖ for every ε."""
     schedule = make_schedule()
     x_star = np.linspace(-1, 1, 64, dtype=np.float32).reshape(SHAPE)
     data = tiny_dataset(3)

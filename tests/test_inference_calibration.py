@@ -1,4 +1,4 @@
-"""Null calibration of the default test (cdi-spec.md §11 item 2): P and U from one distribution.
+"""Null calibration of the default test (docs/methods/cdi.md §11 item 2): P and U from one distribution.
 
 Why the fast tests use B = 9 with a randomised p-value. The permutation p-value is valid for every B
 because, under H0, the observed statistic T_0 is exchangeable with the B permuted ones, so its rank

@@ -1,4 +1,4 @@
-"""Sample-count curve, null calibration and contamination (cdi-spec.md §7–§8)."""
+"""Sample-count curve, null calibration and contamination (docs/methods/cdi.md §7–§8)."""
 
 import numpy as np
 import pytest
@@ -80,7 +80,7 @@ def test_contamination_curve(rng):
     members, nonmembers = _pools(rng, N=500, shift=0.5)
     cells = curves.contamination_curve(members, nonmembers, ratios=(0.0, 0.05, 0.5, 1.0), ns=(100, 30), reps=60, seed=2)
     got = {(c["ratio"], c["n"]): c for c in cells}
-    assert (0.05, 30) not in got and (0.05, 100) in got  # r·n must be an integer (cdi-spec.md §8)
+    assert (0.05, 30) not in got and (0.05, 100) in got  # r·n must be an integer (docs/methods/cdi.md §8)
     assert got[0.0, 100]["mean_p"] < got[0.5, 100]["mean_p"] < got[1.0, 100]["mean_p"]
     assert got[1.0, 100]["null"]["trials"] == 60 and got[0.0, 100]["null"] is None
     assert got[1.0, 100]["power"] <= 0.05  # no member in the suspect set: rejections are false positives

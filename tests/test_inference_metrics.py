@@ -1,4 +1,4 @@
-"""MIA metrics against scikit-learn and against each upstream code's formula (mia-methods.md §2.3–§2.4)."""
+"""MIA metrics against scikit-learn and against each upstream code's formula (docs/methods/mia.md §2.3–§2.4)."""
 
 import numpy as np
 import pytest

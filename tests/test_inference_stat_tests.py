@@ -37,7 +37,7 @@ def test_reference_test_sidedness(rng):
     ref = stats.ttest_ind(sp, su, equal_var=False)
     assert two.p_value == pytest.approx(ref.pvalue, rel=1e-10)
     assert two.alternative == "two-sided" and two.is_correct_order == (ref.statistic > 0)
-    p1 = ref.pvalue / 2 if ref.statistic > 0 else 1 - ref.pvalue / 2  # cdi-spec.md §6
+    p1 = ref.pvalue / 2 if ref.statistic > 0 else 1 - ref.pvalue / 2  # docs/methods/cdi.md §6
     assert one.p_value == pytest.approx(p1, rel=1e-10)
     assert one.p_value == pytest.approx(stats.ttest_ind(sp, su, equal_var=False, alternative="greater").pvalue, rel=1e-10)
     assert "not calibrated" in two.note
@@ -98,7 +98,7 @@ def test_split_test_power_matches_noncentral_t():
 
 
 def test_default_test_power_grows_with_shift_and_n():
-    """cdi-spec.md §11 item 3 on the default test (26-d, one feature shifted)."""
+    """docs/methods/cdi.md §11 item 3 on the default test (26-d, one feature shifted)."""
     rng = np.random.default_rng(7)
     T, B = 24, 19
     results = {}

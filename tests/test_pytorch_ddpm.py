@@ -1,4 +1,4 @@
-"""pytorch-ddpm checkpoints → jaxmia (models-and-weights.md §7): ε parity against a faithful PyTorch
+"""pytorch-ddpm checkpoints → jaxmia (docs/methods/models.md §7): ε parity against a faithful PyTorch
 re-implementation of ``w86763777/pytorch-ddpm``'s UNet, through ``jaxmia convert``.
 
 The oracle and the checkpoint builder live in ``tests/ddpm_standin.py`` (shared with
@@ -249,7 +249,7 @@ def test_convert_diffusers_folder(tmp_path, converted):
 @pytest.mark.slow
 def test_cifar10_shape_parity(tmp_path):
     """The SecMI/PIA CIFAR-10 architecture (35.7M parameters, random weights) converted with
-    --assume-cifar10-defaults and no flagfile: ε within 1e-5 (models-and-weights.md §7, acceptance 1)."""
+    --assume-cifar10-defaults and no flagfile: ε within 1e-5 (docs/methods/models.md §7, acceptance 1)."""
     torch.manual_seed(0)
     model = UNet(T=1000, ch=128, ch_mult=[1, 2, 2, 2], attn=[1], num_res_blocks=2, dropout=0.1).eval()
     with torch.no_grad():

@@ -173,7 +173,7 @@ def expected_pixels(standin, indices) -> np.ndarray:
 
 
 def oracle_scores(model, x0: np.ndarray, ids, columns=("dl", "secmi", "pia", "pian"), *, seed: int = 0) -> dict:
-    """Attack scores from the PyTorch oracle's ε and float64 schedule algebra (mia-methods.md
+    """Attack scores from the PyTorch oracle's ε and float64 schedule algebra (docs/methods/mia.md
     §3.1-§3.4 with the settings of docs/reproduce-cifar10.md step 3)."""
 
     def eps(x, t):

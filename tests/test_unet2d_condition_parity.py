@@ -3,7 +3,7 @@
 diffusers' model is built with seeded random weights (norm scales and biases randomised too), saved
 with ``save_pretrained(safe_serialization=True)``, loaded through jaxmia's loader and compared on the
 same inputs and text embeddings at t ∈ {0, 500, 999}. Tolerance 1e-4 for cross-attention UNets
-(models-and-weights.md §9).
+(docs/methods/models.md §9).
 """
 
 import json

@@ -3,7 +3,7 @@
 Each case builds diffusers' model with seeded random weights (norm scales and biases randomised
 too, so a swapped scale/bias cannot hide), saves it with ``save_pretrained(safe_serialization=True)``,
 loads it through ``load_unet`` / ``load_denoiser`` and compares the outputs on the same inputs
-(NCHW in PyTorch, NHWC in jaxmia) at several timesteps. Tolerance 1e-5 (models-and-weights.md §9).
+(NCHW in PyTorch, NHWC in jaxmia) at several timesteps. Tolerance 1e-5 (docs/methods/models.md §9).
 """
 
 import jax

@@ -1,6 +1,6 @@
 """Latent autoencoders against diffusers' PyTorch ``AutoencoderKL`` / ``VQModel`` (the oracle), and a
-latent pipeline end to end: ``load_denoiser`` → ``jaxmia features`` (models-and-weights.md §8-§9,
-cdi-spec.md §9). Tolerance 1e-4 max abs (outputs of order 1; measured ~1e-6)."""
+latent pipeline end to end: ``load_denoiser`` → ``jaxmia features`` (docs/methods/models.md §8-§9,
+docs/methods/cdi.md §9). Tolerance 1e-4 max abs (outputs of order 1; measured ~1e-6)."""
 
 import json
 
@@ -157,7 +157,7 @@ def test_nearest_codes_matches_brute_force():
 
 
 def test_old_attention_names_load(kl_folder, tmp_path):
-    """Pre-0.14 checkpoints name the VAE attention query/key/value/proj_attn (models-and-weights.md §4)."""
+    """Pre-0.14 checkpoints name the VAE attention query/key/value/proj_attn (docs/methods/models.md §4)."""
     _, folder = kl_folder
     state = load_file(str(folder / "diffusion_pytorch_model.safetensors"))
     renames = {".to_q.": ".query.", ".to_k.": ".key.", ".to_v.": ".value.", ".to_out.0.": ".proj_attn."}

@@ -1,6 +1,6 @@
 """Test helpers: a CLIP BPE vocabulary trained offline, and a tiny text-to-image pipeline saved by diffusers.
 
-PyTorch, diffusers and transformers are test-only dependencies (models-and-weights.md §2).
+PyTorch, diffusers and transformers are test-only dependencies (docs/methods/models.md §2).
 """
 
 from __future__ import annotations

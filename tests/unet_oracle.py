@@ -1,6 +1,6 @@
 """Shared helpers of the model-layer tests: diffusers' PyTorch UNet2DModel as the oracle.
 
-PyTorch and diffusers are test-only dependencies (models-and-weights.md §2).
+PyTorch and diffusers are test-only dependencies (docs/methods/models.md §2).
 """
 
 from __future__ import annotations

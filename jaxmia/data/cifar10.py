@@ -3,7 +3,7 @@
 The SecMI and PIA CIFAR-10 targets (pytorch-ddpm checkpoints) were trained on half of CIFAR-10's
 50,000 training images; the split is SecMI's ``CIFAR10_train_ratio0.5.npz``, with ``mia_train_idxs``
 (members) and ``mia_eval_idxs`` (non-members), indices into the training set; the test set is not
-used (mia-methods.md §2.1). This module reads
+used (docs/methods/mia.md §2.1). This module reads
 
 * the **binary** CIFAR-10 release (``cifar-10-batches-bin``): ``data_batch_1.bin`` …
   ``data_batch_5.bin`` and ``test_batch.bin``, each a run of 3,073-byte records: 1 label byte
@@ -44,7 +44,7 @@ TRAIN_FILES = tuple(f"data_batch_{i}.bin" for i in range(1, 6))
 TEST_FILE = "test_batch.bin"
 BIN_FOLDER = "cifar-10-batches-bin"
 MEMBER_KEY, NONMEMBER_KEY = "mia_train_idxs", "mia_eval_idxs"
-# mia-methods.md §2.1: the first indices of SecMI's CIFAR-10 split, a checksum of the right file.
+# docs/methods/mia.md §2.1: the first indices of SecMI's CIFAR-10 split, a checksum of the right file.
 SECMI_FIRST_MEMBERS = (10365, 25853, 41222, 7409, 17080)
 SECMI_FIRST_NONMEMBERS = (6640, 7423, 45313, 9057, 42931)
 OUTPUT_FILES = ("members.npz", "nonmembers.npz", "all.npz", "labels.json", "manifest.json")

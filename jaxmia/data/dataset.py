@@ -1,4 +1,4 @@
-"""In-memory datasets with stable ids, and fixed-shape batches (pad + mask, style.md §4)."""
+"""In-memory datasets with stable ids, and fixed-shape batches (pad + mask, docs/methods/design.md §4)."""
 
 from __future__ import annotations
 

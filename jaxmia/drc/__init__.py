@@ -1,7 +1,7 @@
 """DRC: degrade (masks), restore (diffusion inpainting), compare (image metrics), with evidence.
 
 "Model Will Tell: Training Membership Inference for Diffusion Models" (Fu et al., arXiv
-2403.08487), implemented as jaxmia's DRC-style recipe (mia-methods.md §4.2); label results
+2403.08487), implemented as jaxmia's DRC-style recipe (docs/methods/mia.md §4.2); label results
 "DRC-style (jaxmia recipe)".
 """
 

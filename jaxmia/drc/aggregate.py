@@ -1,6 +1,6 @@
 """Aggregate per-task DRC scores into one membership score per image (NumPy only).
 
-Two aggregations (mia-methods.md §4.2 "Aggregate across tasks"), both fitted on a NAMED
+Two aggregations (docs/methods/mia.md §4.2 "Aggregate across tasks"), both fitted on a NAMED
 calibration split of non-members whose ids must be disjoint from the evaluation ids (§2.5):
 
 * **mean z-score**: z_τ = (s_τ − μ_τ)/σ_τ averaged over the R tasks, μ_τ and σ_τ the mean and
@@ -57,7 +57,7 @@ class DRCCalibration:
 
 
 def check_disjoint(calibration_ids: Sequence[str], evaluation_ids: Sequence[str], *, name: str = "calibration"):
-    """Refuses evaluation ids that also appear in the calibration split (mia-methods.md §2.5)."""
+    """Refuses evaluation ids that also appear in the calibration split (docs/methods/mia.md §2.5)."""
     overlap = sorted(set(map(str, calibration_ids)) & set(map(str, evaluation_ids)))
     if overlap:
         shown = ", ".join(map(repr, overlap[:5])) + (" ..." if len(overlap) > 5 else "")

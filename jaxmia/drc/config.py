@@ -1,7 +1,7 @@
 """The typed, frozen configuration of a DRC run and the restoration tasks it defines.
 
 A task τ = (mask kind, hole ratio ρ, mask index) is one degrade-and-restore experiment applied to
-every image (mia-methods.md §4.2, "Tasks"). The default set is R = 10 tasks:
+every image (docs/methods/mia.md §4.2, "Tasks"). The default set is R = 10 tasks:
 {centre square, random patches} × ρ ∈ {0.1, 0.2, 0.3, 0.4, 0.5}.
 """
 
@@ -31,7 +31,7 @@ class Task:
 
 @dataclass(frozen=True)
 class DRCConfig:
-    """Degrade, Restore, Compare: every knob of the jaxmia DRC-style recipe (mia-methods.md §4.2).
+    """Degrade, Restore, Compare: every knob of the jaxmia DRC-style recipe (docs/methods/mia.md §4.2).
 
     Attributes:
       kinds: mask families: ``center`` (centre square), ``rect`` (one random rectangle), ``patches``
@@ -139,7 +139,7 @@ class DRCConfig:
 
 
 def with_embedding_metric(cfg: DRCConfig) -> DRCConfig:
-    """``cfg`` scoring by the embedding cosine as the paper does (mia-methods.md §4.1, "Compare"):
+    """``cfg`` scoring by the embedding cosine as the paper does (docs/methods/mia.md §4.1, "Compare"):
     ``cos`` joins the exported metrics and becomes the ``score_metric`` aggregated across tasks; the
     pixel metrics stay as extra columns. Run it with an ``embed_fn`` (e.g.
     :func:`jaxmia.models.clip_vision.clip_image_embedder`)."""

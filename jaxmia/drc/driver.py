@@ -133,7 +133,7 @@ def run_drc(
     """Degrade-restore-compare every image of ``dataset``; write the table and evidence PNGs.
 
     "Model Will Tell" (Fu et al., arXiv 2403.08487) as jaxmia's DRC-style recipe
-    (mia-methods.md §4.2). Writes ``out_dir/drc_scores.npz`` (a :class:`~jaxmia.table.FeatureTable`
+    (docs/methods/mia.md §4.2). Writes ``out_dir/drc_scores.npz`` (a :class:`~jaxmia.table.FeatureTable`
     with one column per (metric, task), raw orientation, plus its JSON sidecar with the resolved
     config, seed, model digest, achieved hole fractions and timings) and, for ``evidence`` > 0,
     ``out_dir/evidence/<id>.png`` per selected image and ``out_dir/evidence/summary.png``.

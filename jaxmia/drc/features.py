@@ -4,7 +4,7 @@
 examples: one image in, one scalar per (metric, task) out, e.g. ``drc_mse_center_r10``. Values are
 RAW (MSE lower = member); :data:`jaxmia.drc.metrics.ORIENTATION` says which way each points.
 
-Randomness (style.md §5): the restoration noise of image i and task τ comes from
+Randomness (docs/methods/design.md §5): the restoration noise of image i and task τ comes from
 ``key_for(root, id_hash_i, "drc:" + τ.name)``; a task's mask from ``"drc-mask:" + τ.name`` (shared
 by all images, or folded with the id under ``per_image_masks``). Task names, not positions, key the
 draws, so adding or removing a ratio leaves the other tasks' scores unchanged.
@@ -62,7 +62,7 @@ def drc_features(denoiser, x0, cond, id_hash, root, cfg: DRCConfig) -> dict:
     """Per-example DRC feature kernel: {column: scalar} with the columns of :func:`COLUMNS`.
 
     "Model Will Tell" (Fu et al., arXiv 2403.08487), as jaxmia's DRC-style recipe
-    (mia-methods.md §4.2). The ``user`` mask kind needs per-image holes and the ``cos`` metric a
+    (docs/methods/mia.md §4.2). The ``user`` mask kind needs per-image holes and the ``cos`` metric a
     host-side ``embed_fn``; both are available through :func:`jaxmia.drc.run_drc` only.
     """
     if "user" in cfg.kinds:

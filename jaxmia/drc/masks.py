@@ -2,7 +2,7 @@
 
 Convention: M = 1 on the KNOWN region and 0 on the hole, shape (H, W) float32, shared by all
 channels. Every builder is jittable; shapes, kinds and ratios are static Python values, keys are
-traced. "DRC-style (jaxmia recipe)", mia-methods.md §4.2 "Tasks"; the mask families of "Model Will
+traced. "DRC-style (jaxmia recipe)", docs/methods/mia.md §4.2 "Tasks"; the mask families of "Model Will
 Tell" (Fu et al., arXiv 2403.08487) are only partly published, so the families below are jaxmia's.
 
 Every built-in hole is non-empty (at least one pixel, one row of a rectangle, one patch), so the

@@ -1,4 +1,4 @@
-"""Compare: image metrics on the hole region, data range [−1, 1] (mia-methods.md §4.2 "Compare").
+"""Compare: image metrics on the hole region, data range [−1, 1] (docs/methods/mia.md §4.2 "Compare").
 
 Per-example functions on (H, W, C) images and an (H, W) known-region mask M (1 known, 0 hole);
 callers vmap them. Raw values are returned (MSE is lower = member); :data:`ORIENTATION` and
@@ -26,7 +26,7 @@ ORIENTATION = {"mse": -1.0, "mse_full": -1.0, "psnr": 1.0, "ssim": 1.0, "cos": 1
 
 
 def orient(values, metric: str):
-    """Per-task scores oriented higher = member (mia-methods.md §1, "Orientation")."""
+    """Per-task scores oriented higher = member (docs/methods/mia.md §1, "Orientation")."""
     if metric not in ORIENTATION:
         raise ValueError(f"unknown DRC metric {metric!r}; known: {', '.join(ORIENTATION)}")
     return ORIENTATION[metric] * values

@@ -3,7 +3,7 @@
 Written for ONE image, ONE mask and ONE key; the caller vmaps over tasks and images and jits once
 per batch. The sampling loop is a ``lax.scan`` over a static plan of moves, one network call each.
 
-Procedure (mia-methods.md §4.2 "Restore", jaxmia's design where "Model Will Tell", Fu et al.,
+Procedure (docs/methods/mia.md §4.2 "Restore", jaxmia's design where "Model Will Tell", Fu et al.,
 arXiv 2403.08487, is silent):
 
 1. x ← q(M⊙x0, t_start, ε) with t_start = round(s·T) − 1 (``init="noise"``: x ← ε).

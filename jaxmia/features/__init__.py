@@ -1,6 +1,6 @@
 """Per-image membership signals as per-example JAX kernels, loss sweeps and ``extract()``.
 
-Signals (cdi-spec.md §4; mia-methods.md §3): ``loss``, ``secmi``, ``pia``, ``pian``,
+Signals (docs/methods/cdi.md §4; docs/methods/mia.md §3): ``loss``, ``secmi``, ``pia``, ``pian``,
 ``multi_loss``, ``grad_mask``, ``noise_opt`` and ``cdi`` (the 26-d vector). Configs and presets:
 :class:`FeatureConfig`, :data:`PRESETS` (``cdi``, ``cdi_reference``, ``secmi_mia``, ``pia_mia``,
 ``loss_mia``).

@@ -1,4 +1,4 @@
-"""The 26-d CDI feature vector (CDI, arXiv 2411.12858; cdi-spec.md §4.9) and its assembly by id.
+"""The 26-d CDI feature vector (CDI, arXiv 2411.12858; docs/methods/cdi.md §4.9) and its assembly by id.
 
 Order (fixed by the reference's ``ATTACKS_FTS_INDICES``): dl, secmi, pia, pian, gm_t000..gm_t900,
 ml_t000..ml_t900, no_loss, no_delta_norm.
@@ -53,7 +53,7 @@ def _cdi_work(cfg, requested) -> dict[str, Cost]:
     lane=get_feature("noise_opt").lane,
 )
 def cdi_kernel(denoiser, x0, cond, key, cfg, shared):
-    """The 26-d CDI vector (cdi-spec.md §4.9), with shared e0 and GM/ML passes."""
+    """The 26-d CDI vector (docs/methods/cdi.md §4.9), with shared e0 and GM/ML passes."""
     out = {}
     for part in CDI_PARTS:
         out.update(get_feature(part).kernel(denoiser, x0, cond, key, cfg, shared))

@@ -1,14 +1,14 @@
 """The typed, frozen configuration of the feature extractors, and its named presets.
 
-Every hyperparameter and every reference quirk (cdi-spec.md §10, Q1–Q5, Q11) is one typed field of
+Every hyperparameter and every reference quirk (docs/methods/cdi.md §10, Q1–Q5, Q11) is one typed field of
 :class:`FeatureConfig`. Presets are dictionaries of field overrides on top of the defaults:
 
 * ``cdi`` (default): the CDI feature set with jaxmia's corrected behaviour (right column of §10);
 * ``cdi_reference``: every quirk switched to the reference implementation (middle column of §10);
 * ``secmi_mia``: SecMI_stat as the SecMI authors' code runs it (t_sec = 100, k = 10, compare at 90,
-  squared norm; mia-methods.md §3.2);
+  squared norm; docs/methods/mia.md §3.2);
 * ``pia_mia``: PIA/PIAN as the PIA authors' code runs it on DDPM (t = 200, p = 4 without the root,
-  PIAN scaled to √(2/π); mia-methods.md §3.3–3.4);
+  PIAN scaled to √(2/π); docs/methods/mia.md §3.3–3.4);
 * ``loss_mia``: the naive loss attack as in PIA's table (t = 200, one draw, squared L2; §3.1).
 
 An unknown field, in a preset, an override or a resumed run, is an error that names it.
@@ -26,14 +26,14 @@ import numpy as np
 
 from jaxmia.features.norms import check_norm
 
-DEFAULT_TIMESTEPS = tuple(range(0, 1000, 100))  # 0, 100, ..., 900 (ML and GM, cdi-spec.md §4.4-4.5)
+DEFAULT_TIMESTEPS = tuple(range(0, 1000, 100))  # 0, 100, ..., 900 (ML and GM, docs/methods/cdi.md §4.4-4.5)
 PIAN_SCALES = ("gaussian_mean_abs", "cdi_reference")
 NO_MODES = ("per_example", "reference")
 
 
 @dataclasses.dataclass(frozen=True)
 class FeatureConfig:
-    """Hyperparameters of every built-in signal (cdi-spec.md §4.8 defaults).
+    """Hyperparameters of every built-in signal (docs/methods/cdi.md §4.8 defaults).
 
     Attributes:
       dl_timestep, dl_n_draws, dl_norm: Denoising Loss (§4.1): t = 100, 5 independent draws,

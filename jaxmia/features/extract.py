@@ -4,7 +4,7 @@ One jitted program per (features, config, conditioning, shapes) vmaps the per-ex
 a fixed-size batch sharded on the ``"data"`` axis of a ``("data", "model")`` mesh (params
 replicated, or split over ``"model"``; :mod:`jaxmia.features.runner`); the last batch is padded
 and masked, so nothing recompiles. Randomness comes from (seed, image id, purpose), so the table
-does not depend on the batch size, the device count or interruptions (style.md §4, §5).
+does not depend on the batch size, the device count or interruptions (docs/methods/design.md §4, §5).
 
 Resume: after every batch the finished rows go to ``<out>.partial.npz`` (atomic rename) with the
 run's identity (features, columns, resolved config, seed, model digest, shapes; plus the batch size

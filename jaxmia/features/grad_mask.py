@@ -1,4 +1,4 @@
-"""Gradient Masking (GM; CDI, arXiv 2411.12858, cdi-spec.md §4.5), and the ML values it yields.
+"""Gradient Masking (GM; CDI, arXiv 2411.12858, docs/methods/cdi.md §4.5), and the ML values it yields.
 
 For each t: x_t = q(x0, t, ε); g = ∂/∂x_t ‖ε_θ(x_t, t, c) − ε‖₂ (per sample, under vmap; the
 reference differentiates the batch mean, which only rescales g by 1/B); M = the top int(ratio·D)
@@ -32,7 +32,7 @@ def top_fraction_mask(scores, ratio: float):
 
 
 def masked_input(x0, eps, mask):
-    """x_m = (1 − M)⊙x0 + M⊙ε (cdi-spec.md §4.5, step 3)."""
+    """x_m = (1 − M)⊙x0 + M⊙ε (docs/methods/cdi.md §4.5, step 3)."""
     return jnp.where(mask, eps, x0)
 
 
@@ -86,10 +86,10 @@ def gm_pass_cost(cfg) -> Cost:
 @register_feature(
     "grad_mask",
     columns=gm_columns,
-    direction="none",  # raw CDI features: the scoring model learns their signs (cdi-spec.md §4.9)
+    direction="none",  # raw CDI features: the scoring model learns their signs (docs/methods/cdi.md §4.9)
     work=lambda cfg, requested: {"gm_pass": gm_pass_cost(cfg)},
 )
 def grad_mask_kernel(denoiser, x0, cond, key, cfg, shared):
-    """Gradient Masking GM_t at t = 0, 100, ..., 900 (cdi-spec.md §4.5); columns gm_t000..gm_t900."""
+    """Gradient Masking GM_t at t = 0, 100, ..., 900 (docs/methods/cdi.md §4.5); columns gm_t000..gm_t900."""
     gm = shared_gm_pass(denoiser, x0, cond, key, cfg, shared)["gm"]
     return {c: gm[i] for i, c in enumerate(gm_columns(cfg))}

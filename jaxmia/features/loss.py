@@ -1,4 +1,4 @@
-"""Loss signals: Denoising Loss (DL) and Multiple Loss (ML) (cdi-spec.md §4.1, §4.4; mia-methods.md §3.1).
+"""Loss signals: Denoising Loss (DL) and Multiple Loss (ML) (docs/methods/cdi.md §4.1, §4.4; docs/methods/mia.md §3.1).
 
 * ``loss``: DL = mean over ``dl_n_draws`` independent draws ε_r (purpose "dl", rep r) of
   ‖ε_θ(q(x0, t, ε_r), t, c) − ε_r‖ at t = ``dl_timestep`` (CDI: t = 100, 5 draws, unsquared L2).
@@ -27,7 +27,7 @@ from jaxmia.features.sweep import error_grid
     work=lambda cfg, requested: {"dl": Cost(forward=cfg.dl_n_draws)},
 )
 def loss_kernel(denoiser, x0, cond, key, cfg, shared):
-    """Denoising Loss (Carlini et al. 2023; cdi-spec.md §4.1): mean over draws of the error at t; column dl."""
+    """Denoising Loss (Carlini et al. 2023; docs/methods/cdi.md §4.1): mean over draws of the error at t; column dl."""
     errs = error_grid(denoiser, x0, cond, key.purpose_key("dl"), (cfg.dl_timestep,), cfg.dl_n_draws, norm=cfg.dl_norm)
     return {"dl": jnp.mean(errs)}
 
@@ -54,7 +54,7 @@ def _ml_work(cfg, requested):
 
 @register_feature("multi_loss", columns=ml_columns, work=_ml_work, direction="lower")
 def multi_loss_kernel(denoiser, x0, cond, key, cfg, shared):
-    """Multiple Loss (cdi-spec.md §4.4): the error at t = 0, 100, ..., 900, one shared draw; columns ml_t000..."""
+    """Multiple Loss (docs/methods/cdi.md §4.4): the error at t = 0, 100, ..., 900, one shared draw; columns ml_t000..."""
     if ml_from_gm_pass(cfg, shared.requested):
         ml = shared_gm_pass(denoiser, x0, cond, key, cfg, shared)["ml"]
         ml = ml if cfg.ml_norm == "l2" else ml**2

@@ -1,4 +1,4 @@
-"""Noise Optimisation (NO; CDI, arXiv 2411.12858; cdi-spec.md §4.6).
+"""Noise Optimisation (NO; CDI, arXiv 2411.12858; docs/methods/cdi.md §4.6).
 
 x_t = q(x0, t, ε) with one draw ε (purpose "no"), t = 100. An additive perturbation δ on x_t, from
 zero, minimises J(δ) = ‖ε_θ(x_t + δ, t, c) − ε‖₂ for ``no_max_iter`` L-BFGS iterations. Features:
@@ -362,7 +362,7 @@ NO_LANE = LaneStage(
     lane=NO_LANE,
 )
 def noise_opt_kernel(denoiser, x0, cond, key, cfg, shared):
-    """Noise Optimisation (cdi-spec.md §4.6): L-BFGS on a perturbation of x_t; columns no_loss, no_delta_norm."""
+    """Noise Optimisation (docs/methods/cdi.md §4.6): L-BFGS on a perturbation of x_t; columns no_loss, no_delta_norm."""
     if cfg.no_mode == "reference":
         return {}  # batch-coupled: produced by the host stage (reference_noise_opt)
     if "noise_opt" in shared.deferred:

@@ -1,4 +1,4 @@
-"""Per-sample norms of the CDI/MIA signals (cdi-spec.md §1: every norm is per sample, over all D entries)."""
+"""Per-sample norms of the CDI/MIA signals (docs/methods/cdi.md §1: every norm is per sample, over all D entries)."""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
-"""PIA and PIAN: proximal initialisation (Kong et al., ICLR 2024, arXiv 2305.18355, §4; cdi-spec.md §4.3).
+"""PIA and PIAN: proximal initialisation (Kong et al., ICLR 2024, arXiv 2305.18355, §4; docs/methods/cdi.md §4.3).
 
 * e0 = ε_θ(x0, 0, c): the clean input treated as the state at index 0 (ā_0 < 1 for DiT/LDM,
-  = 1 for U-ViT; cdi-spec.md Q8, reproduced as is).
+  = 1 for U-ViT; docs/methods/cdi.md Q8, reproduced as is).
 * PIA = ‖e0 − ε_θ(√ā_t·x0 + √(1−ā_t)·e0, t, c)‖_p, t = 200.
 * PIAN: ẽ0 = e0 · s / mean|e0| per sample, used both to build x̃_t and as the target.
   s = √(2/π) (``pian_scale="gaussian_mean_abs"``, the PIA paper and code; default) or √(π/2)
@@ -44,7 +44,7 @@ def pia_error(denoiser, x0, cond, e, t, p, *, root: bool = True):
 
 
 def pian_normalise(e0, scale: str):
-    """ẽ0 = e0 · s / mean|e0|, so that mean|ẽ0| = s (PIA code, class PIAN; cdi-spec.md §4.3)."""
+    """ẽ0 = e0 · s / mean|e0|, so that mean|ẽ0| = s (PIA code, class PIAN; docs/methods/cdi.md §4.3)."""
     return e0 * (PIAN_SCALE_VALUES[scale] / jnp.mean(jnp.abs(e0)))
 
 

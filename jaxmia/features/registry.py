@@ -1,6 +1,6 @@
 """The feature registry: name -> (per-example kernel, column names, per-example UNet cost).
 
-A kernel is a pure function of ONE example (style.md §2, §8)::
+A kernel is a pure function of ONE example (docs/methods/design.md §2, §8)::
 
     kernel(denoiser, x0, cond, key: SampleKey, cfg: FeatureConfig, shared: SharedWork) -> {column: scalar}
 

@@ -4,22 +4,22 @@
   or a bare (N, H, W, C) array.
 * Batches come from :func:`jaxmia.data.iter_batches`: fixed size, the last one padded (by repeating
   its last real row) with a mask, so nothing recompiles and padded rows never reach a result
-  (style.md §4).
+  (docs/methods/design.md §4).
 * Sharding: a 2-D ``("data", "model")`` mesh over this process's devices. Batch inputs are split
   along ``"data"``; the denoiser (params, schedule, encoder) is replicated, except that with a
   ``"model"`` axis longer than 1 every parameter leaf of at least ``shard_min_size`` elements is
   split along its largest axis divisible by that length (for models that do not fit one device).
-  XLA inserts the collectives of the model axis (design.md, "Scale"). The default mesh is
+  XLA inserts the collectives of the model axis (docs/methods/design.md, "Scale"). The default mesh is
   ``(n_devices, 1)``: pure data parallelism. Extraction, loss sweeps and DRC all place their work
   through :func:`place` (or :func:`data_mesh` + :func:`shard_denoiser`).
-* Determinism (style.md §4): every data-axis device runs the same program on ``per_device_batch``
+* Determinism (docs/methods/design.md §4): every data-axis device runs the same program on ``per_device_batch``
   rows (:func:`per_device_jit`: ``shard_map`` over ``"data"``), whatever the batch size and the
   device count. A step of ``batch_size`` rows is cut into chunks of ``per_device_batch`` x
   data-axis devices (:func:`chunks`). Float rounding depends on the compiled shape, and signals
   with discrete decisions (GM's top-k mask, NO's line search) amplify it, so fixing the shape is
   what makes the features bit-identical across batch sizes and device counts; ``per_device_batch``
   itself is part of a run's identity.
-* Latent models: each image is encoded once, with the key (seed, id, "encode") (cdi-spec.md §9, Q7).
+* Latent models: each image is encoded once, with the key (seed, id, "encode") (docs/methods/cdi.md §9, Q7).
 """
 
 from __future__ import annotations
@@ -260,7 +260,7 @@ def shard_inputs(placed: Placement, batch: Batch, with_cond: bool):
 
 
 def _encode(denoiser, images, root, id_hash):
-    # One keyed posterior sample per image id (cdi-spec.md §9, Q7).
+    # One keyed posterior sample per image id (docs/methods/cdi.md §9, Q7).
     return denoiser.encode_fn(denoiser.encoder_params, images, rng.keys_for(root, id_hash, "encode"))
 
 

@@ -1,5 +1,5 @@
 """SecMI_stat: the t-error of deterministic DDIM inversion (Duan et al., ICML 2023, arXiv 2302.01316,
-Alg. 1 and Eq. 9; cdi-spec.md §4.2; mia-methods.md §3.2).
+Alg. 1 and Eq. 9; docs/methods/cdi.md §4.2; docs/methods/mia.md §3.2).
 
 From z = x0 treated as the state at index 0, invert with stride k up to ``t_cmp`` (z_det), take one
 more inversion step t_cmp → t_cmp + k and one denoising step back (z_step), and score

@@ -5,10 +5,10 @@ and a user-facing API, :func:`loss_sweep`, for researchers sweeping the loss ove
 
 Draw r of an image is ``normal(fold_in(key_for(root, id, purpose), r))`` and is shared by all the
 timesteps of the grid (common random numbers: the curve over t is not blurred by fresh noise at
-each t; this is ML's convention, cdi-spec.md §4.4).
+each t; this is ML's convention, docs/methods/cdi.md §4.4).
 
 The grid runs as a ``lax.scan`` over the flattened (t, draw) pairs, not a vmap over timesteps: on
-CPU a vmap over timesteps was slower (models-and-weights.md §10). Examples are vmapped.
+CPU a vmap over timesteps was slower (docs/methods/models.md §10). Examples are vmapped.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Inference: feature tables in, verdict out. NumPy/SciPy/scikit-learn only (no JAX).
 
-Scoring model (cdi-spec.md §5), calibrated and reference tests (§6), sample-count / null /
-contamination curves (§7–§8), MIA metrics (mia-methods.md §2.3–§2.4), plots, and the drivers.
+Scoring model (docs/methods/cdi.md §5), calibrated and reference tests (§6), sample-count / null /
+contamination curves (§7–§8), MIA metrics (docs/methods/mia.md §2.3–§2.4), plots, and the drivers.
 See docs/inference.md.
 """
 

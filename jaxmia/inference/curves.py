@@ -1,4 +1,4 @@
-"""Resampling experiments: sample-count curve, null calibration, contamination (cdi-spec.md §7, §8).
+"""Resampling experiments: sample-count curve, null calibration, contamination (docs/methods/cdi.md §7, §8).
 
 Every repetition draws its rows from its own generator, so any cell can be recomputed alone:
 
@@ -19,7 +19,7 @@ Which test the curves run (``test=``):
 * ``"permutation"``: the default audit test per cell (B refits per cell; slow for large grids).
 
 References:
-  cdi-spec.md §7 (``experiments/cdi_perf.py``, Figure 2; "samples needed" from
+  docs/methods/cdi.md §7 (``experiments/cdi_perf.py``, Figure 2; "samples needed" from
   ``experiments/ablation_heatmaps.py``), §8 (``experiments/contamination_ablation.py``, Figures 4
   and 7, ``get_fp_table``), §11 item 2.
 """
@@ -36,7 +36,7 @@ from jaxmia.inference import stat_tests
 
 CURVE_TESTS = ("split", "cdi_reference", "permutation", "hybrid")
 
-# cdi-spec.md §7: 5–10 step 1; 20–100 step 10; 200–1000 step 100; 2000–10000 step 1000; 20000.
+# docs/methods/cdi.md §7: 5–10 step 1; 20–100 step 10; 200–1000 step 100; 2000–10000 step 1000; 20000.
 DEFAULT_GRID = (
     tuple(range(5, 11))
     + tuple(range(20, 101, 10))
@@ -170,7 +170,7 @@ def sample_count_curve(
     tol: float = 1e-6,
     chunk_rows: int = 200_000,
 ) -> CurveResult:
-    """p against n per side, ``reps`` random resamples per n (cdi-spec.md §7).
+    """p against n per side, ``reps`` random resamples per n (docs/methods/cdi.md §7).
 
     Args:
       xp, xu: (N, d) features of the published and unpublished sets, paired by row (as in
@@ -252,7 +252,7 @@ def score_resample_curve(
     alternative: str = "greater",
     n_boot: int = 1000,
 ) -> CurveResult:
-    """p against n by resampling held-out scores of a fixed-split model (cdi-spec.md §5.2).
+    """p against n by resampling held-out scores of a fixed-split model (docs/methods/cdi.md §5.2).
 
     The scores come from a model that never saw these rows, so no refit is needed: resample (n, rep)
     draws ``rng = np.random.default_rng([seed, n, rep])``, takes ``rng.permutation(N_P)[:n]`` of P and
@@ -324,7 +324,7 @@ def null_calibration(
 
     Trial t permutes the pool with ``np.random.default_rng([seed, t])`` and takes rows [0, n) as pseudo-P
     and [n, 2n) as pseudo-U; both are non-members, so every rejection is a false positive.
-    (cdi-spec.md §8 [D], §11 item 2.)
+    (docs/methods/cdi.md §8 [D], §11 item 2.)
 
     Returns:
       :func:`summarise_null` of the p-values, plus ``test``, ``n``, ``permutations`` and ``pvalues``.
@@ -378,7 +378,7 @@ def contamination_curve(
     penalize_intercept: bool = True,
     tol: float = 1e-6,
 ) -> list[dict]:
-    """Partial contamination (cdi-spec.md §8, Figure 4): the suspect set mixes members and non-members.
+    """Partial contamination (docs/methods/cdi.md §8, Figure 4): the suspect set mixes members and non-members.
 
     For each (r, n) with r·n an integer: the suspect set is (1−r)·n members plus r·n non-members, in
     random order; U is n *other* non-members. Each cell reports mean/median p and the fraction of

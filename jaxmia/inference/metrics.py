@@ -1,4 +1,4 @@
-"""Membership-inference metrics from labelled per-sample scores (mia-methods.md §2.3–§2.4).
+"""Membership-inference metrics from labelled per-sample scores (docs/methods/mia.md §2.3–§2.4).
 
 Conventions (jaxmia's, [D]):
 
@@ -13,7 +13,7 @@ Conventions (jaxmia's, [D]):
 * ASR is the best balanced accuracy ``max (1 + TPR − FPR)/2`` over vertices. It picks its threshold
   on the evaluation labels (an *oracle* threshold) and is labelled so.
 
-Parity switches (``tpr_at_fpr(convention=...)``, mia-methods.md §2.4):
+Parity switches (``tpr_at_fpr(convention=...)``, docs/methods/mia.md §2.4):
 
 * ``"secmi"`` (``jinhaoduan/SecMI``, ``mia_evals/secmia.py::roc``): 2000 thresholds
   ``arange(min, max, (max − min)/2000)`` on the lower-is-member score, member iff score ≤ threshold;
@@ -90,7 +90,7 @@ def _vertices(scores, labels, drop_intermediate=False):
 
 
 def roc_curve_exact(scores, labels, *, lower_is_member: bool = False, drop_intermediate: bool = False) -> RocCurve:
-    """The exact ROC (mia-methods.md §2.3): one vertex per distinct score, ties together.
+    """The exact ROC (docs/methods/mia.md §2.3): one vertex per distinct score, ties together.
 
     Equal to ``sklearn.metrics.roc_curve(labels, oriented, drop_intermediate=...)``.
     """
@@ -151,7 +151,7 @@ def tpr_at_fpr(
       n_points: SecMI's grid size.
 
     References:
-      mia-methods.md §2.3 (exact), §2.4 (the upstream formulas).
+      docs/methods/mia.md §2.3 (exact), §2.4 (the upstream formulas).
     """
     if convention not in CONVENTIONS:
         raise ValueError(f"unknown TPR@FPR convention {convention!r}; known: {', '.join(CONVENTIONS)}")
@@ -184,7 +184,7 @@ def mia_metrics(
     lower_is_member: bool = False,
     fpr_targets: Sequence[float] = (0.01, 0.001),
 ) -> dict:
-    """AUC, oracle ASR and TPR@FPR (exact) with the counts that resolve them (mia-methods.md §2.3).
+    """AUC, oracle ASR and TPR@FPR (exact) with the counts that resolve them (docs/methods/mia.md §2.3).
 
     Returns a JSON-ready dict: ``n_pos``, ``n_neg``, ``auc``, ``asr_oracle`` (and a note that its
     threshold saw the labels), and ``tpr_at_fpr``: for each budget x, ``tpr``, the achieved ``fpr``,

@@ -1,8 +1,8 @@
 """Report figures (matplotlib, Agg backend): ROC curves, p-value vs sample count, score histograms.
 
 Every function writes one PNG and returns its path. The log-log ROC follows the LiRA convention
-(mia-methods.md §2.6: both axes from 1/n_neg (or 1e-5) to 1, with the chance diagonal); the p-value
-plot follows the paper's Figure 2 (cdi-spec.md §7: log-log, mean p with a band, lines at 0.05 and 0.01).
+(docs/methods/mia.md §2.6: both axes from 1/n_neg (or 1e-5) to 1, with the chance diagonal); the p-value
+plot follows the paper's Figure 2 (docs/methods/cdi.md §7: log-log, mean p with a band, lines at 0.05 and 0.01).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Drivers: feature tables in, verdict and evidence out (``run_cdi``, ``evaluate_mia``).
 
-``run_cdi(p_table, u_table, config)`` is the dataset-inference audit of cdi-spec.md §5–§7:
+``run_cdi(p_table, u_table, config)`` is the dataset-inference audit of docs/methods/cdi.md §5–§7:
 
 1. select the feature columns (by name or group) and check both tables carry them, finite;
 2. pair the rows: sorted by id (``row_order="id"``, the default; ``"table"`` keeps file order, which
@@ -14,7 +14,7 @@
 4. optionally, the sample-count curve (:mod:`jaxmia.inference.curves`).
 
 ``evaluate_mia(table, labels, ...)`` computes AUC / TPR@FPR / oracle ASR per score column for a labelled
-set (mia-methods.md §2.3). Labels file format (one format, documented in docs/inference.md): a JSON
+set (docs/methods/mia.md §2.3). Labels file format (one format, documented in docs/inference.md): a JSON
 object mapping each image id to 1 (member) or 0 (non-member), e.g. ``{"img_0001": 1, "img_0002": 0}``.
 """
 
@@ -55,7 +55,7 @@ class CdiConfig:
       protocol: ``"crossfit"`` (5-fold, default) or ``"fixed_split"`` (train ids below).
       train_ids_published, train_ids_unpublished: training rows of the fixed split.
       split_fraction: share of pairs that train the model in the split test.
-      n_splits, C, penalize_intercept: the scoring model (cdi-spec.md §5.1).
+      n_splits, C, penalize_intercept: the scoring model (docs/methods/cdi.md §5.1).
       solver: ``"newton"`` | ``"sklearn"``; None = sklearn for cdi_reference (exact reference parity),
         newton otherwise (the permutation test requires it).
       row_order: ``"id"`` or ``"table"``.
@@ -118,7 +118,7 @@ class CdiConfig:
 
 
 def config_from_dict(values: Mapping) -> CdiConfig:
-    """A :class:`CdiConfig` from a mapping; an unknown key is an error (locked config, style.md §6)."""
+    """A :class:`CdiConfig` from a mapping; an unknown key is an error (locked config, docs/methods/design.md §6)."""
     known = {f.name for f in dataclasses.fields(CdiConfig)}
     unknown = sorted(set(values) - known)
     if unknown:
@@ -184,7 +184,7 @@ def _pair(p: FeatureTable, u: FeatureTable, seed: int) -> tuple[FeatureTable, Fe
 
 
 def run_cdi(p_table: FeatureTable, u_table: FeatureTable, config: CdiConfig | None = None) -> dict:
-    """CDI dataset inference: does the model treat P as members? (cdi-spec.md §5–§7)
+    """CDI dataset inference: does the model treat P as members? (docs/methods/cdi.md §5–§7)
 
     Args:
       p_table: features of the published (suspect) set P.
@@ -280,7 +280,7 @@ def _split_alternative(alternative):
 
 
 def _fixed_split_test(p: FeatureTable, u: FeatureTable, config: CdiConfig):
-    """cdi-spec.md §5.2: fit on the given training ids, test every other row."""
+    """docs/methods/cdi.md §5.2: fit on the given training ids, test every other row."""
     sides = []
     for table, train_ids, side in (
         (p, config.train_ids_published, "published"),
@@ -438,7 +438,7 @@ def evaluate_mia(
     higher_is_member: Sequence[str] = (),
     fpr_targets: Sequence[float] = (0.01, 0.001),
 ) -> dict:
-    """Per-column MIA metrics of labelled per-sample scores (mia-methods.md §2.3).
+    """Per-column MIA metrics of labelled per-sample scores (docs/methods/mia.md §2.3).
 
     Args:
       table: per-sample scores (one column per attack), rows keyed by id.

@@ -1,9 +1,9 @@
-"""The CDI scoring model: standardise, then L2 logistic regression, cross-fitted (cdi-spec.md §5).
+"""The CDI scoring model: standardise, then L2 logistic regression, cross-fitted (docs/methods/cdi.md §5).
 
 References:
   Dubiński, Kowalczuk et al., "CDI: Copyrighted Data Identification in Diffusion Models",
   arXiv 2411.12858 (CVPR 2025), §3 and the reference code ``experiments/cdi_perf.py``
-  (cdi-spec.md §5.1: 5-fold cross-fitting with shared fold indices; §5.2: the fixed-split variant).
+  (docs/methods/cdi.md §5.1: 5-fold cross-fitting with shared fold indices; §5.2: the fixed-split variant).
 
 What is implemented:
 
@@ -11,7 +11,7 @@ What is implemented:
   (sklearn's ``_is_constant_feature`` rule) gets scale 1;
 * logistic regression with L2 penalty and liblinear semantics: the objective
   ``0.5·‖w̃‖² + C·Σᵢ log(1 + exp(−yᵢ·w̃ᵀx̃ᵢ))`` with ``x̃ = [x, 1]``, so the intercept is penalised
-  like any weight (cdi-spec.md §5.1, Q9). ``penalize_intercept=False`` drops the intercept from the
+  like any weight (docs/methods/cdi.md §5.1, Q9). ``penalize_intercept=False`` drops the intercept from the
   penalty (sklearn's lbfgs semantics);
 * cross-fitting: folds from ``KFold(5, shuffle=True, random_state=0)`` over 0..n−1, applied to P and
   to U, so P row i and U row i always share a fold; every row gets exactly one out-of-fold score, the
@@ -44,7 +44,7 @@ from typing import Sequence
 import numpy as np
 from scipy.special import expit
 
-# ---- feature names and groups (cdi-spec.md §4.9) -------------------------------------------------
+# ---- feature names and groups (docs/methods/cdi.md §4.9) -------------------------------------------------
 
 _TIMESTEPS = tuple(range(0, 1000, 100))
 MIA_FEATURES = ("dl", "secmi", "pia", "pian")
@@ -64,7 +64,7 @@ FEATURE_GROUPS: dict[str, tuple[str, ...]] = {
 
 
 def resolve_features(spec, available: Sequence[str]) -> tuple[str, ...]:
-    """Column names selected by ``spec`` (cdi-spec.md §8, feature ablation).
+    """Column names selected by ``spec`` (docs/methods/cdi.md §8, feature ablation).
 
     Args:
       spec: ``None`` (every column of the table, in table order); a group name of
@@ -370,7 +370,7 @@ def _refresh_inverse_hessians(hess_inv, refresh, p, xm, xa, outer, reg, C):
 
 
 def _sklearn_fit(x: np.ndarray, y: np.ndarray, *, C: float, penalize_intercept: bool):
-    """The reference's scikit-learn fit (cdi-spec.md §5.1); lbfgs when the intercept is free."""
+    """The reference's scikit-learn fit (docs/methods/cdi.md §5.1); lbfgs when the intercept is free."""
     from sklearn.linear_model import LogisticRegression
 
     if penalize_intercept:
@@ -395,7 +395,7 @@ def _check_solver(solver: str):
 def kfold_assignment(n: int, n_splits: int = 5, random_state: int = 0) -> np.ndarray:
     """Fold index (n,) of each row: ``KFold(n_splits, shuffle=True, random_state)`` over 0..n−1.
 
-    The same assignment serves P and U, so P row i and U row i share a fold (cdi-spec.md §5.1).
+    The same assignment serves P and U, so P row i and U row i share a fold (docs/methods/cdi.md §5.1).
 
     Raises:
       ValueError: if n < n_splits (KFold needs one row per fold and side).
@@ -497,7 +497,7 @@ def crossfit_scores(
     penalize_intercept: bool = True,
     solver: str = "newton",
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Out-of-fold membership scores of n paired P and U rows (cdi-spec.md §5.1).
+    """Out-of-fold membership scores of n paired P and U rows (docs/methods/cdi.md §5.1).
 
     Args:
       xp, xu: (n, d) features of P (label 1) and U (label 0); row i of each forms pair i.
@@ -543,7 +543,7 @@ def fixed_split_scores(
     penalize_intercept: bool = True,
     solver: str = "newton",
 ) -> tuple[np.ndarray, np.ndarray]:
-    """The fixed-split variant (cdi-spec.md §5.2): fit once on training rows, score evaluation rows.
+    """The fixed-split variant (docs/methods/cdi.md §5.2): fit once on training rows, score evaluation rows.
 
     The evaluation rows never reach the fit, so their scores are independent given the model and a
     two-sample test on them is valid. The training sides may differ in size.

@@ -3,7 +3,7 @@
 The question a CDI audit answers is whether the published set P scores as more "member-like" than the
 unpublished set U under the scoring model of :mod:`jaxmia.inference.scoring`. Three tests:
 
-``"permutation"`` (the default; cdi-spec.md §6, [D])
+``"permutation"`` (the default; docs/methods/cdi.md §6, [D])
     A permutation test of the *whole pipeline*. The statistic is computed on the cross-fitted scores;
     then, B times, the P/U labels are swapped at random within each pair (P row i ↔ U row i), the
     standardiser and the fold models are refitted, and the statistic is recomputed.
@@ -26,7 +26,7 @@ unpublished set U under the scoring model of :mod:`jaxmia.inference.scoring`. Th
     independent draws, so the test is valid up to Welch's t approximation (measured calibrated in
     ``docs/inference.md``); it needs one fit instead of 5·(B+1), at the price of testing on half the data.
 
-``"cdi_reference"`` (the paper's protocol; cdi-spec.md §5.1, §6)
+``"cdi_reference"`` (the paper's protocol; docs/methods/cdi.md §5.1, §6)
     Cross-fitted scores, then ``scipy.stats.ttest_ind(P, U, equal_var=False)``, two-sided, with
     ``is_correct_order`` reported next to p and an ``alternative="one-sided"`` option. It treats the 2n
     out-of-fold scores as independent although the fold models share training rows, and it is NOT
@@ -123,7 +123,7 @@ class InferenceResult:
 
 
 def welch_test(a: np.ndarray, b: np.ndarray, alternative: str = "two-sided"):
-    """Welch's unequal-variance t-test along the last axis (cdi-spec.md §6).
+    """Welch's unequal-variance t-test along the last axis (docs/methods/cdi.md §6).
 
     ``t = (m_a − m_b)/√(s_a²/n_a + s_b²/n_b)`` with ddof = 1 variances, Welch–Satterthwaite ν, and
     ``p = 2·SF_t(|t|; ν)`` (two-sided), ``SF_t(t; ν)`` ("greater"), ``CDF_t(t; ν)`` ("less"); equal to
@@ -157,7 +157,7 @@ def welch_test(a: np.ndarray, b: np.ndarray, alternative: str = "two-sided"):
 
 
 def _reference_alternative(alternative: str) -> str:
-    """Maps the reference's options to scipy's: CDI scores are higher = member (cdi-spec.md §6)."""
+    """Maps the reference's options to scipy's: CDI scores are higher = member (docs/methods/cdi.md §6)."""
     if alternative in ("one-sided", "greater"):
         return "greater"
     if alternative == "two-sided":
@@ -167,7 +167,7 @@ def _reference_alternative(alternative: str) -> str:
 
 # ---- randomness -------------------------------------------------------------------------------------
 
-# Purpose words mixed into the seed, so each random choice has its own stream (style.md §5).
+# Purpose words mixed into the seed, so each random choice has its own stream (docs/methods/design.md §5).
 _SWAPS, _SPLIT, _PAIRING, _BOOT, _RELABEL = 1, 2, 3, 4, 5
 
 
@@ -485,7 +485,7 @@ def permutation_test(
       out-of-fold scores of every row.
 
     References:
-      cdi-spec.md §6 ([D], the calibrated default); Phipson & Smyth 2010 for the (1 + #)/(1 + B) form.
+      docs/methods/cdi.md §6 ([D], the calibrated default); Phipson & Smyth 2010 for the (1 + #)/(1 + B) form.
     """
     xp, xu = _paired(xp, xu, "permutation test")
     p, t_obs, sp, su = permutation_pvalues(
@@ -602,7 +602,7 @@ def reference_test(
     C: float = 1.0,
     penalize_intercept: bool = True,
 ) -> ScoredResult:
-    """The reference protocol (``cdi_reference``): cross-fitted scores + Welch (cdi-spec.md §5.1, §6).
+    """The reference protocol (``cdi_reference``): cross-fitted scores + Welch (docs/methods/cdi.md §5.1, §6).
 
     ``solver="sklearn"`` (default here) makes the scores those of the reference code exactly;
     ``alternative="one-sided"`` gives p₁ = p₂/2 in the member direction, else 1 − p₂/2.

@@ -2,7 +2,7 @@
 and a DRC embedder built from them.
 
 "Model Will Tell" (Fu et al., arXiv 2403.08487) compares an image with its restoration by the cosine
-similarity of CLIP image embeddings (mia-methods.md §4.1, "Compare"); :func:`clip_image_embedder`
+similarity of CLIP image embeddings (docs/methods/mia.md §4.1, "Compare"); :func:`clip_image_embedder`
 gives :func:`jaxmia.drc.run_drc` that ``embed_fn`` from a local transformers folder, with no torch.
 
 Structure (Radford et al., "Learning Transferable Visual Models From Natural Language Supervision",

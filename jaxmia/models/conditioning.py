@@ -12,7 +12,7 @@ Sources of conditions:
   ``labels`` (matched by id), or labels already carried by the data set (an ``.npz`` data set's
   ``labels``);
 * text embeddings: an ``.npz`` with ``ids`` and ``text_embeddings`` (N, L, D) matched by id (one
-  caption per image, as CDI's U-ViT T2I uses, cdi-spec.md §9), one (L, D) embedding for the whole
+  caption per image, as CDI's U-ViT T2I uses, docs/methods/cdi.md §9), one (L, D) embedding for the whole
   data set (an ``.npz`` or ``.npy`` file or an array; broadcast to every image), an (N, L, D) array
   in dataset order, or embeddings already carried by the data set;
 * ``null=True``: the unconditional input: the null class label of the model (DiT: label

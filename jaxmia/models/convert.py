@@ -1,6 +1,6 @@
 """PyTorch state dicts (NumPy arrays) ↔ Flax parameter trees, by mechanical rules.
 
-The rules (models-and-weights.md §4):
+The rules (docs/methods/models.md §4):
 
 * path: split the key on "." and glue each numeric segment to the name before it with "_"
   (``down_blocks.1.attentions.0.to_out.0.weight`` → ``down_blocks_1/attentions_0/to_out_0/...``);

@@ -1,6 +1,6 @@
 """The one interface every attack sees: a :class:`Denoiser` value.
 
-Nothing above ``jaxmia.models`` knows which architecture it probes (design.md). A denoiser bundles
+Nothing above ``jaxmia.models`` knows which architecture it probes (docs/methods/design.md). A denoiser bundles
 the network's pure apply function, its parameters, the noise schedule and, for latent models, the
 encoder. Attacks call :meth:`Denoiser.eps` on ONE example and vmap it.
 """
@@ -73,7 +73,7 @@ class Denoiser:
 
 
 def analytic_denoiser(x_star, schedule: sched.Schedule, *, cond_kind: str = "none") -> Denoiser:
-    """The exact denoiser of a one-point training set {x*} (cdi-spec.md §11, item 6).
+    """The exact denoiser of a one-point training set {x*} (docs/methods/cdi.md §11, item 6).
 
     ε(x, t) = (x − √ā_t·x*) / √(1 − ā_t). It is the closed-form fixture of the tests: DL, ML and PIA
     have known values, and SecMI's error is 0 for every input. ``x_star`` may also be a stack

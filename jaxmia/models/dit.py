@@ -17,7 +17,7 @@ Fig. 3, the adaLN-Zero block):
 
 With ``out_channels = 2·in_channels`` (learned σ, as DiT-XL/2 ships) the output is [ε, variance]
 on the channel axis; :class:`~jaxmia.models.denoiser.Denoiser` keeps the first half
-(cdi-spec.md §9).
+(docs/methods/cdi.md §9).
 
 Null class: ``LabelEmbedding`` holds ``num_embeds_ada_norm + 1`` rows; label
 ``num_embeds_ada_norm`` (1000 for ImageNet DiT) is the unconditional "null" class used for

@@ -2,7 +2,7 @@
 
 A family states what a checkpoint folder cannot: the reference noise schedule and timestep
 convention, the latent scale and how images are encoded, the conditioning, and whether the output
-carries a learned variance (cdi-spec.md §9, models-and-weights.md §6–§8). :func:`load_denoiser`
+carries a learned variance (docs/methods/cdi.md §9, docs/methods/models.md §6–§8). :func:`load_denoiser`
 (``family=...``) uses a family to fill what a folder lacks and refuses any disagreement.
 
 File format (every key required unless marked optional; unknown keys are refused by name)::

@@ -1,7 +1,7 @@
 """Reading and writing diffusers-format model folders, and :func:`load_denoiser`, the one entry point
 from a path to a :class:`~jaxmia.models.denoiser.Denoiser`.
 
-Formats (models-and-weights.md §3):
+Formats (docs/methods/models.md §3):
 
 * model folder: ``config.json`` (with ``_class_name``) plus ``diffusion_flax_model.msgpack``
   (Flax, read as is) or ``diffusion_pytorch_model.safetensors`` (PyTorch, converted without torch;
@@ -436,7 +436,7 @@ def load_denoiser(path, *, schedule: Optional[sched.Schedule] = None, scheduler=
         nothing is assumed: the schedule comes from the folder, the scale from the autoencoder's
         config (diffusers' meaning of an absent key), the encode mode is the autoencoder's default.
       encode: latent pipelines only: ``"sample"`` (AutoencoderKL default: one posterior draw per
-        image, keyed by (seed, id, "encode"), cdi-spec.md §9) or ``"mean"``; VQModel
+        image, keyed by (seed, id, "encode"), docs/methods/cdi.md §9) or ``"mean"``; VQModel
         ``"pre_quantization"`` (default) or ``"quantized"``. Overrides the family's mode.
       quantize_on_decode: VQModel pipelines: ``decode_fn`` quantises first (diffusers' default).
 

@@ -1,6 +1,6 @@
 """Where the parts of a model live: the denoiser, its autoencoder and its scheduler config.
 
-Folders as people save them (models-and-weights.md §3):
+Folders as people save them (docs/methods/models.md §3):
 
 * a **pipeline folder**: ``model_index.json`` names the components (``{"unet": ["diffusers",
   "UNet2DModel"], "scheduler": ["diffusers", "DDPMScheduler"], ...}``) under whatever names it

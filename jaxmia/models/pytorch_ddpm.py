@@ -4,7 +4,7 @@ msgpack), ``scheduler/scheduler_config.json``, ``model_index.json`` and ``jaxmia
 (provenance: source file and SHA-256, which weights, the hyperparameters, the weights digest).
 
 The network is diffusers' UNet2DModel topology, but a rename alone gives silently wrong ε
-(models-and-weights.md §7). The differences and what this converter does about them:
+(docs/methods/models.md §7). The differences and what this converter does about them:
 
 * sinusoid layout: pytorch-ddpm interleaves [sin f₀, cos f₀, sin f₁, …]; diffusers concatenates
   [sin…, cos…]. The columns of the first time-MLP weight are permuted, new j = old π(j) with
@@ -21,7 +21,7 @@ sinusoid table (``time_embedding.timembedding.0.weight``) is not a parameter of 
 checked against the table implied by the hyperparameters, which catches a wrong ``T`` or ``ch``.
 
 Safety: the ``.pt`` is read with ``torch.load(weights_only=True, map_location="cpu")`` only
-(design.md: jaxmia never unpickles arbitrary objects); torch is imported lazily and needed for
+(docs/methods/design.md: jaxmia never unpickles arbitrary objects); torch is imported lazily and needed for
 this conversion only.
 
 References: Ho et al., arXiv 2006.11239, App. B; ``w86763777/pytorch-ddpm`` ``model.py``
@@ -407,7 +407,7 @@ def convert_pytorch_ddpm(src, dst, *, ema: bool = True, flagfile=None, assume_ci
         "weights_digest": weights_digest(params),
         "n_params": int(sum(np.size(v) for v in _leaves(params))),
         "notes": "sinusoid columns permuted interleaved->concatenated; freq_shift=0; norm_eps=1e-5; "
-                 "downsample_padding=1; 1x1-conv attention squeezed to linear (models-and-weights.md §7)",
+                 "downsample_padding=1; 1x1-conv attention squeezed to linear (docs/methods/models.md §7)",
     }
     (dst / CONVERSION_RECORD_NAME).write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
     return record

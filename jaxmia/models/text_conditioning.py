@@ -1,7 +1,7 @@
 """Captions → the text conditioning of a text-to-image pipeline, with its own tokenizer and text encoder.
 
-CDI conditions a text-to-image denoiser on each image's own caption (cdi-spec.md §9: U-ViT T2I on
-a CLIP ViT-L/14 embedding of one caption; mia-methods.md §4.2: DRC "as in CDI"). A pipeline folder
+CDI conditions a text-to-image denoiser on each image's own caption (docs/methods/cdi.md §9: U-ViT T2I on
+a CLIP ViT-L/14 embedding of one caption; docs/methods/mia.md §4.2: DRC "as in CDI"). A pipeline folder
 (``model_index.json`` naming a ``CLIPTokenizer`` and a ``CLIPTextModel``, or the conventional
 ``tokenizer/`` and ``text_encoder/`` folders) holds everything needed to turn a caption into the
 (L, D) embedding the denoiser cross-attends to, as the diffusers pipelines do::

@@ -5,7 +5,7 @@ The parameter tree mirrors the PyTorch state-dict names of diffusers (``conv_in`
 ``.../to_out_0``, ``down_blocks_0/downsamplers_0/conv``, ``mid_block/...``,
 ``up_blocks_0/upsamplers_0/conv``, ``conv_norm_out``, ``conv_out``, ``class_embedding``), so the
 conversion in :mod:`jaxmia.models.convert` is a mechanical rename plus transpose
-(models-and-weights.md §4, §5).
+(docs/methods/models.md §4, §5).
 
 References:
   Ho et al., "Denoising Diffusion Probabilistic Models", arXiv 2006.11239, Appendix B (the

@@ -6,7 +6,7 @@ Text conditioning enters through cross-attention: every ``CrossAttnDownBlock2D``
 whose blocks cross-attend to the text embeddings (B, L, ``cross_attention_dim``). The parameter tree
 mirrors diffusers' state-dict names (``down_blocks_0/attentions_0/transformer_blocks_0/attn2/to_k``,
 ``.../ff/net_0/proj``, ``mid_block/attentions_0/proj_in``, ...), so :mod:`jaxmia.models.convert`
-converts a ``diffusion_pytorch_model.safetensors`` mechanically (models-and-weights.md §4).
+converts a ``diffusion_pytorch_model.safetensors`` mechanically (docs/methods/models.md §4).
 
 Head count: diffusers' ``attention_head_dim`` is, for historical reasons, the number of heads of
 each level (diffusers issue #2011); ``num_attention_heads`` must be absent (diffusers refuses it

@@ -4,10 +4,10 @@ The parameter trees mirror diffusers' PyTorch state-dict names (``encoder/conv_i
 ``encoder/down_blocks_0/resnets_0/conv1``, ``encoder/down_blocks_0/downsamplers_0/conv``,
 ``encoder/mid_block/attentions_0/{group_norm,to_q,to_k,to_v,to_out_0}``, ``quant_conv``,
 ``post_quant_conv``, ``quantize/embedding``, ``decoder/up_blocks_0/upsamplers_0/conv``, ...), so
-:mod:`jaxmia.models.convert` loads them by the mechanical rules of models-and-weights.md §4 (old
+:mod:`jaxmia.models.convert` loads them by the mechanical rules of docs/methods/models.md §4 (old
 ``query/key/value/proj_attn`` attention names included).
 
-What the attacks use (cdi-spec.md §9, models-and-weights.md §8):
+What the attacks use (docs/methods/cdi.md §9, docs/methods/models.md §8):
 
 * ``AutoencoderKL``: encoder → ``quant_conv`` → posterior (mean, log-variance clamped to
   [−30, 20]); the latent is the posterior **sample** ``mean + exp(logvar/2)·n`` (DiT, U-ViT, SD) or
@@ -620,7 +620,7 @@ def latent_codec(spec: ModelSpec, *, mode: Optional[str] = None, scale: Optional
     """The encode/decode functions of a loaded autoencoder (a :class:`ModelSpec` of this module).
 
     Args:
-      mode: AutoencoderKL ``"sample"`` (default; the reference for DiT, U-ViT and SD, cdi-spec.md
+      mode: AutoencoderKL ``"sample"`` (default; the reference for DiT, U-ViT and SD, docs/methods/cdi.md
         §9) or ``"mean"``; VQModel ``"pre_quantization"`` (default; CompVis LDM) or ``"quantized"``.
       scale: the latent scale; None takes the config's ``scaling_factor``.
       quantize_on_decode: VQModel only; False is diffusers' ``force_not_quantize=True``.
