@@ -19,50 +19,6 @@ import time
 
 import click
 
-# The release's config (CompVis/latent-diffusion configs/latent-diffusion/cin256-v2.yaml), model part.
-CIN256_V2 = """
-model:
-  target: ldm.models.diffusion.ddpm.LatentDiffusion
-  params:
-    linear_start: 0.0015
-    linear_end: 0.0195
-    num_timesteps_cond: 1
-    log_every_t: 200
-    timesteps: 1000
-    first_stage_key: image
-    cond_stage_key: class_label
-    image_size: 64
-    channels: 3
-    cond_stage_trainable: true
-    conditioning_key: crossattn
-    monitor: val/loss
-    use_ema: false
-    unet_config:
-      target: ldm.modules.diffusionmodules.openaimodel.UNetModel
-      params:
-        image_size: 64
-        in_channels: 3
-        out_channels: 3
-        model_channels: 192
-        attention_resolutions: [8, 4, 2]
-        num_res_blocks: 2
-        channel_mult: [1, 2, 3, 5]
-        num_heads: 1
-        use_spatial_transformer: true
-        transformer_depth: 1
-        context_dim: 512
-    first_stage_config:
-      target: ldm.models.autoencoder.VQModelInterface
-      params:
-        embed_dim: 3
-        n_embed: 8192
-        ddconfig: {double_z: false, z_channels: 3, resolution: 256, in_channels: 3, out_ch: 3, ch: 128,
-                   ch_mult: [1, 2, 4], num_res_blocks: 2, attn_resolutions: [], dropout: 0.0}
-        lossconfig: {target: torch.nn.Identity}
-    cond_stage_config:
-      target: ldm.modules.encoders.modules.ClassEmbedder
-      params: {embed_dim: 512, n_classes: 1001, key: class_label}
-"""
 
 MODELS = ("dit_xl2_256", "dit_xl2_512", "uvit_h2_256", "uvit_h4_512", "uvit_t2i_small", "uvit_t2i_small_deep",
           "ldm_cin256_v2", "sd15_unet")
@@ -85,11 +41,15 @@ def model_config(name: str) -> tuple[dict, str]:
         cfg = UViTConfig() if name.endswith("256") else UViTConfig(img_size=64, patch_size=4)
         return cfg.to_diffusers(), "class"
     if name == "ldm_cin256_v2":
+        from pathlib import Path
+
         import yaml
 
+        import jaxmia
         from jaxmia.models.official import ldm
 
-        unet_cfg, _ = ldm.pipeline_configs(ldm.parse_config(yaml.safe_load(CIN256_V2)))
+        release = Path(jaxmia.__file__).parent / "configs" / "official" / "ldm-cin256-v2.yaml"  # shipped
+        unet_cfg, _ = ldm.pipeline_configs(ldm.parse_config(yaml.safe_load(release.read_text())))
         return unet_cfg.to_diffusers(), "class"
     if name == "sd15_unet":
         from jaxmia.models.unet2d_condition import UNet2DConditionConfig

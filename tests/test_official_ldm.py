@@ -14,6 +14,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import jaxmia
+
 from jaxmia.models import condition_spec, load_denoiser, load_family, load_unet, spec_from_family, vae
 from jaxmia.models.class_token import ClassTokenUNet
 from jaxmia.models.conditioning import ConditionSpec
@@ -33,43 +35,8 @@ needs_fixture = pytest.mark.skipif(not (FIXTURE / "model.ckpt").is_file(),
                                    reason="shared/fixtures/official not present")
 TOL = 1e-5
 
-# configs/latent-diffusion/cin256-v2.yaml @ a506df5, the model section (the release's config).
-CIN256_V2 = """
-model:
-  base_learning_rate: 0.0001
-  target: ldm.models.diffusion.ddpm.LatentDiffusion
-  params:
-    linear_start: 0.0015
-    linear_end: 0.0195
-    num_timesteps_cond: 1
-    log_every_t: 200
-    timesteps: 1000
-    first_stage_key: image
-    cond_stage_key: class_label
-    image_size: 64
-    channels: 3
-    cond_stage_trainable: true
-    conditioning_key: crossattn
-    monitor: val/loss
-    use_ema: False
-    unet_config:
-      target: ldm.modules.diffusionmodules.openaimodel.UNetModel
-      params:
-        {image_size: 64, in_channels: 3, out_channels: 3, model_channels: 192, attention_resolutions: [8, 4, 2],
-         num_res_blocks: 2, channel_mult: [1, 2, 3, 5], num_heads: 1, use_spatial_transformer: true,
-         transformer_depth: 1, context_dim: 512}
-    first_stage_config:
-      target: ldm.models.autoencoder.VQModelInterface
-      params:
-        embed_dim: 3
-        n_embed: 8192
-        ddconfig: {double_z: false, z_channels: 3, resolution: 256, in_channels: 3, out_ch: 3, ch: 128,
-                   ch_mult: [1, 2, 4], num_res_blocks: 2, attn_resolutions: [], dropout: 0.0}
-        lossconfig: {target: torch.nn.Identity}
-    cond_stage_config:
-      target: ldm.modules.encoders.modules.ClassEmbedder
-      params: {n_classes: 1001, embed_dim: 512, key: class_label}
-"""
+# configs/latent-diffusion/cin256-v2.yaml @ a506df5, the model section (the release's config), shipped.
+CIN256_V2 = (Path(jaxmia.__file__).parent / "configs" / "official" / "ldm-cin256-v2.yaml").read_text()
 
 
 def nhwc(a):

@@ -82,6 +82,7 @@ from jaxmia import schedule as sched
 from jaxmia.fileio import file_sha256
 from jaxmia.models import convert as tree_convert
 from jaxmia.models.official import register_format
+from jaxmia.models.official.output import check_keys
 from jaxmia.models.torch_checkpoint import flat_state_dict, read_torch_checkpoint
 
 CONFIG_NAME = "config.yaml"
@@ -743,21 +744,6 @@ def check_schedule(buffers: Mapping[str, np.ndarray], scheduler: Mapping, *, sou
 # ==================================================================================================
 
 
-def _check_keys(present, expected, *, source: str, what: str, prefix: str = "") -> None:
-    """Refuses, naming every one (with ``prefix``: the full checkpoint key), the keys the architecture
-    implies that are absent and the keys it does not."""
-    missing = sorted(prefix + k for k in set(expected) - set(present))
-    unexpected = sorted(prefix + k for k in set(present) - set(expected))
-    if missing or unexpected:
-        parts = []
-        if missing:
-            parts.append(f"{len(missing)} missing key(s): {', '.join(map(repr, missing))}")
-        if unexpected:
-            parts.append(f"{len(unexpected)} unexpected key(s): {', '.join(map(repr, unexpected))}")
-        raise ValueError(f"{source}: the {what} does not match the architecture its shapes and config describe "
-                         f"(the official loader's strict=False would skip these silently): {'; '.join(parts)}")
-
-
 def _to_flax(official: Mapping[str, np.ndarray], key_map: Mapping[str, str], abstract, *, source: str):
     """torch_to_flax on the renamed tensors (``key_map``: full official name -> torch-style Flax name);
     a shape error names the official key."""
@@ -832,7 +818,7 @@ def convert(src: Path, dst: Path, config: Optional[str] = None, null_class: str 
         else:
             stray.append(name)
     expected_buffers = set(SCHEDULE_BUFFERS) | ({"scale_factor"} if cfg.model["scale_by_std"] else set())
-    _check_keys(set(buffers) | set(stray), expected_buffers, source=str(src), what="set of un-prefixed buffers")
+    check_keys(set(buffers) | set(stray), expected_buffers, str(src), what="set of un-prefixed buffers", quote=True)
     unet_sd, vq_sd, cond_sd = parts[UNET_PREFIX], parts[VQ_PREFIX], parts[COND_PREFIX]
 
     # Architectures from the shapes, checked against the config.
@@ -841,9 +827,9 @@ def convert(src: Path, dst: Path, config: Optional[str] = None, null_class: str 
     vq_layout = vq_layout_from_shapes(vq_sd, source=str(src))
     _compare(vq_layout_from_config(cfg), vq_layout, _VQ_FIELDS, str(config_path), str(src))
     unet_map, vq_map = unet_key_map(unet_layout), vq_key_map(vq_layout)
-    _check_keys(unet_sd, unet_map, source=str(src), what="UNet", prefix=UNET_PREFIX)
-    _check_keys(vq_sd, vq_map, source=str(src), what="first stage", prefix=VQ_PREFIX)
-    _check_keys(cond_sd, {"embedding.weight"}, source=str(src), what="class embedder", prefix=COND_PREFIX)
+    check_keys(unet_sd, unet_map, str(src), what="UNet", prefix=UNET_PREFIX, quote=True)
+    check_keys(vq_sd, vq_map, str(src), what="first stage", prefix=VQ_PREFIX, quote=True)
+    check_keys(cond_sd, {"embedding.weight"}, str(src), what="class embedder", prefix=COND_PREFIX, quote=True)
     table = cond_sd["embedding.weight"]
     want_table = (cfg.cond_stage["n_classes"], cfg.cond_stage["embed_dim"])
     if table.ndim != 2 or tuple(table.shape) != want_table:

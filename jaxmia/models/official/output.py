@@ -106,17 +106,21 @@ def count_indexed(state: Mapping[str, Any], prefix: str, suffix: str, source: st
     return n
 
 
-def check_keys(found, expected, source: str) -> None:
-    """Refuses any missing or unexpected key, naming every one of them."""
+def check_keys(found, expected, source: str, *, what: str = "checkpoint", prefix: str = "",
+               quote: bool = False) -> None:
+    """Refuses any missing or unexpected key, naming every one of them (``prefix`` + key: the full
+    checkpoint name; official loaders with ``strict=False`` would skip them silently)."""
     found, expected = set(found), set(expected)
-    missing, unexpected = sorted(expected - found), sorted(found - expected)
+    missing = sorted(prefix + k for k in expected - found)
+    unexpected = sorted(prefix + k for k in found - expected)
     if missing or unexpected:
+        name = repr if quote else str
         parts = []
         if missing:
-            parts.append(f"{len(missing)} missing key(s): {', '.join(missing)}")
+            parts.append(f"{len(missing)} missing key(s): {', '.join(map(name, missing))}")
         if unexpected:
-            parts.append(f"{len(unexpected)} unexpected key(s): {', '.join(unexpected)}")
-        raise ValueError(f"{source}: the checkpoint does not match the architecture read from its shapes; "
+            parts.append(f"{len(unexpected)} unexpected key(s): {', '.join(map(name, unexpected))}")
+        raise ValueError(f"{source}: the {what} does not match the architecture read from its shapes and config; "
                          + "; ".join(parts))
 
 
