@@ -43,6 +43,7 @@ import jax.numpy as jnp
 
 from jaxmia.models import typed_config
 from jaxmia.models.attention import dot_product_attention, layer_norm, sinusoid_2d
+from jaxmia.models.dit import _LabelEmbedding as _Table  # the same label table (`embedding_table`)
 from jaxmia.models.conditioning import register_condition_probe
 from jaxmia.models.io import ModelSpec, register_model
 from jaxmia.models.unet2d import timestep_sinusoid
@@ -136,15 +137,6 @@ class _Sequential2(nn.Module):
     def __call__(self, x):
         h = nn.silu(nn.Dense(self.hidden, precision=self.precision, name="mlp_0")(x))
         return nn.Dense(self.out, precision=self.precision, name="mlp_2")(h)
-
-
-class _Table(nn.Module):
-    rows: int
-    features: int
-
-    @nn.compact
-    def __call__(self, labels):
-        return nn.Embed(self.rows, self.features, name="embedding_table")(labels)
 
 
 class PatchEmbed(nn.Module):
