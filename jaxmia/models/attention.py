@@ -157,3 +157,29 @@ def sinusoid_2d(embed_dim: int, grid_h: int, grid_w: int) -> np.ndarray:
     rows, cols = np.meshgrid(np.arange(grid_h), np.arange(grid_w), indexing="ij")
     table = np.concatenate([one_axis(embed_dim // 2, cols.ravel()), one_axis(embed_dim // 2, rows.ravel())], axis=1)
     return table.astype(np.float32)
+
+
+class PatchEmbed(nn.Module):
+    """timm's / diffusers' ``PatchEmbed``: a p×p stride-p conv ``proj``; tokens row-major over the grid
+    (torch's ``flatten(2)``). Shared by diffusers' DiT, the official DiT and U-ViT."""
+
+    features: int
+    patch: int
+    precision: Any = None
+
+    @nn.compact
+    def __call__(self, x):
+        p = self.patch
+        h = nn.Conv(self.features, (p, p), strides=(p, p), padding="VALID", precision=self.precision, name="proj")(x)
+        return h.reshape(h.shape[0], -1, self.features)
+
+
+class LabelTable(nn.Module):
+    """A class-label embedding table named ``embedding_table`` (DiT's ``LabelEmbedder``)."""
+
+    rows: int
+    features: int
+
+    @nn.compact
+    def __call__(self, labels):
+        return nn.Embed(self.rows, self.features, name="embedding_table")(labels)

@@ -41,7 +41,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxmia.models.attention import FEED_FORWARD_ACTIVATIONS, Attention, FeedForward, layer_norm, sinusoid_2d
+from jaxmia.models.attention import (FEED_FORWARD_ACTIVATIONS, Attention, FeedForward, LabelTable, PatchEmbed, layer_norm,
+                                     sinusoid_2d)
 from jaxmia.models.io import ModelSpec, register_model
 from jaxmia.models.unet2d import TimestepEmbedding, timestep_sinusoid
 
@@ -178,17 +179,8 @@ class CombinedTimestepLabelEmbeddings(nn.Module):
     @nn.compact
     def __call__(self, t_proj, labels):
         t_emb = TimestepEmbedding(self.features, self.precision, name="timestep_embedder")(t_proj)
-        table = _LabelEmbedding(self.num_classes + 1, self.features, name="class_embedder")
+        table = LabelTable(self.num_classes + 1, self.features, name="class_embedder")
         return t_emb + table(labels)
-
-
-class _LabelEmbedding(nn.Module):
-    rows: int
-    features: int
-
-    @nn.compact
-    def __call__(self, labels):
-        return nn.Embed(self.rows, self.features, name="embedding_table")(labels)
 
 
 class AdaLayerNormZero(nn.Module):
@@ -252,7 +244,7 @@ class DiTTransformer2DModel(nn.Module):
         labels = jnp.broadcast_to(jnp.asarray(class_labels), (batch,))
 
         # 1. patchify + fixed position table
-        h = _PatchEmbed(cfg.inner_dim, p, self.precision, name="pos_embed")(sample)
+        h = PatchEmbed(cfg.inner_dim, p, self.precision, name="pos_embed")(sample)
         h = h + jnp.asarray(sinusoid_2d(cfg.inner_dim, grid, grid))[None]
 
         # 2. blocks; every block embeds (t, y) with its own weights
@@ -269,18 +261,6 @@ class DiTTransformer2DModel(nn.Module):
         h = nn.Dense(p * p * cfg.output_channels, precision=self.precision, name="proj_out_2")(h)
         h = h.reshape(batch, grid, grid, p, p, cfg.output_channels).transpose(0, 1, 3, 2, 4, 5)
         return h.reshape(batch, grid * p, grid * p, cfg.output_channels)
-
-
-class _PatchEmbed(nn.Module):
-    features: int
-    patch: int
-    precision: Any = None
-
-    @nn.compact
-    def __call__(self, x):
-        p = self.patch
-        h = nn.Conv(self.features, (p, p), strides=(p, p), padding="VALID", precision=self.precision, name="proj")(x)
-        return h.reshape(h.shape[0], -1, self.features)  # row-major over the patch grid, as torch's flatten(2)
 
 
 def example_inputs(config: DiTConfig, batch: int = 1):

@@ -42,8 +42,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxmia.models import typed_config
-from jaxmia.models.attention import dot_product_attention, layer_norm, sinusoid_2d
-from jaxmia.models.dit import _LabelEmbedding as _Table  # the same label table (`embedding_table`)
+from jaxmia.models.attention import LabelTable, PatchEmbed, dot_product_attention, layer_norm, sinusoid_2d
 from jaxmia.models.conditioning import register_condition_probe
 from jaxmia.models.io import ModelSpec, register_model
 from jaxmia.models.unet2d import timestep_sinusoid
@@ -137,20 +136,6 @@ class _Sequential2(nn.Module):
     def __call__(self, x):
         h = nn.silu(nn.Dense(self.hidden, precision=self.precision, name="mlp_0")(x))
         return nn.Dense(self.out, precision=self.precision, name="mlp_2")(h)
-
-
-class PatchEmbed(nn.Module):
-    """timm ``PatchEmbed``: a p×p stride-p conv ``proj``, tokens row-major over the grid."""
-
-    features: int
-    patch: int
-    precision: Any = None
-
-    @nn.compact
-    def __call__(self, x):
-        p = self.patch
-        h = nn.Conv(self.features, (p, p), strides=(p, p), padding="VALID", precision=self.precision, name="proj")(x)
-        return h.reshape(h.shape[0], -1, self.features)  # row-major over the grid (torch's flatten(2))
 
 
 class FusedAttention(nn.Module):
@@ -249,7 +234,7 @@ class DiT(nn.Module):
         h = PatchEmbed(cfg.hidden_size, p, self.precision, name="x_embedder")(x) + pos_embed
         t_freq = timestep_sinusoid(t, FREQUENCY_EMBEDDING_SIZE, flip_sin_to_cos=True, freq_shift=0)
         c = _Sequential2(cfg.hidden_size, cfg.hidden_size, self.precision, name="t_embedder")(t_freq)
-        c = c + _Table(cfg.label_rows, cfg.hidden_size, name="y_embedder")(y)
+        c = c + LabelTable(cfg.label_rows, cfg.hidden_size, name="y_embedder")(y)
         for i in range(cfg.depth):
             h = DiTBlock(cfg, self.precision, name=f"blocks_{i}")(h, c)
         h = _FinalLayer(cfg, self.precision, name="final_layer")(h, c)

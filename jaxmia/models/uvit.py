@@ -50,9 +50,9 @@ import jax
 import jax.numpy as jnp
 
 from jaxmia.models import typed_config
-from jaxmia.models.attention import layer_norm
+from jaxmia.models.attention import PatchEmbed, layer_norm
 from jaxmia.models.conditioning import register_condition_probe
-from jaxmia.models.dit_official import FusedAttention, Mlp, PatchEmbed
+from jaxmia.models.dit_official import FusedAttention, Mlp
 from jaxmia.models.io import ModelSpec, register_model
 from jaxmia.models.unet2d import timestep_sinusoid
 
