@@ -168,7 +168,7 @@ def _reference_alternative(alternative: str) -> str:
 # ---- randomness -------------------------------------------------------------------------------------
 
 # Purpose words mixed into the seed, so each random choice has its own stream (docs/methods/design.md §5).
-_SWAPS, _SPLIT, _PAIRING, _BOOT, _RELABEL = 1, 2, 3, 4, 5
+_SWAPS, _SPLIT, _PAIRING, _BOOT, _RELABEL, _SIGNS = 1, 2, 3, 4, 5, 6
 
 
 def rng_for(seed, purpose: int) -> np.random.Generator:
@@ -445,6 +445,131 @@ def hybrid_pvalues(
             "n_train": n_train}
 
 
+# ---- the fixed, pre-registered score (no fitting; issue 16 part 3) ---------------------------------
+
+FIXED_TRANSFORMS = ("rank", "z")
+FIXED_PERMUTATIONS = 9999  # sign flips are cheap (no refit): resolution 1e-4
+
+
+def directions_vector(names: Sequence[str], lower_is_member: Sequence[str] = (),
+                      higher_is_member: Sequence[str] = ()) -> np.ndarray:
+    """(d,) +1 (higher = member), −1 (lower = member) or 0 (no known direction) per column name.
+
+    The directions are pre-registered: they come from each signal's registration (the feature table's
+    ``lower_is_member`` / ``higher_is_member`` meta), never from the data under test.
+
+    Raises:
+      ValueError: a column named in both lists, or no column with a direction.
+    """
+    lower, higher = set(lower_is_member), set(higher_is_member)
+    both = sorted(lower & higher)
+    if both:
+        raise ValueError(f"fixed score: column(s) {both} are listed as both lower_is_member and higher_is_member")
+    direction = np.array([1.0 if c in higher else -1.0 if c in lower else 0.0 for c in names])
+    if not direction.any():
+        raise ValueError(f"fixed score: none of the columns {list(names)} has a member direction "
+                         "(lower_is_member / higher_is_member)")
+    return direction
+
+
+def fixed_scores(xp, xu, direction, transform: str = "rank"):
+    """Scores (..., n) of P and U rows: the mean over directed columns of oriented pooled ranks (or z).
+
+    Each column j with direction o_j ≠ 0 is transformed over the pooled 2n rows of P ∪ U (average
+    ranks centred to mean 0 and divided by 2n, or z-scores with the pooled mean and population std; a
+    constant column contributes 0), multiplied by o_j, and averaged: higher = more member-like. The
+    transform depends on the data only through the pooled multiset of rows, so it is the same for every
+    relabelling of P and U (what makes :func:`fixed_score_pvalues` exact).
+    """
+    if transform not in FIXED_TRANSFORMS:
+        raise ValueError(f"unknown fixed-score transform {transform!r}; known: {', '.join(FIXED_TRANSFORMS)}")
+    xp = np.asarray(xp, np.float64)
+    xu = np.asarray(xu, np.float64)
+    direction = np.asarray(direction, np.float64)
+    if direction.shape != (xp.shape[-1],):
+        raise ValueError(f"fixed score: {direction.shape[0] if direction.ndim == 1 else direction.shape} "
+                         f"directions for {xp.shape[-1]} feature columns")
+    if not np.isin(direction, (-1.0, 0.0, 1.0)).all() or not direction.any():
+        raise ValueError(f"fixed score: directions must be -1, 0 or +1 with at least one nonzero, got {direction}")
+    n = xp.shape[-2]
+    used = direction != 0
+    pooled = np.concatenate([xp, xu], axis=-2)[..., used]
+    if transform == "rank":
+        z = (stats.rankdata(pooled, axis=-2) - (2 * n + 1) / 2.0) / (2 * n)
+    else:
+        sd = pooled.std(axis=-2, keepdims=True)
+        z = (pooled - pooled.mean(axis=-2, keepdims=True)) / np.where(sd > 0, sd, 1.0)
+    s = (z * direction[used]).mean(-1)
+    return s[..., :n], s[..., n:]
+
+
+def signflip_permutation_pvalues(d, seeds: Sequence, permutations: int = FIXED_PERMUTATIONS):
+    """Monte-Carlo sign-flip p-values of paired differences d (T, m), member direction d > 0.
+
+    T = Σ d_i; B times each d_i's sign is flipped by a fair coin from ``rng_for(seeds[t], 6)``;
+    ``p = (1 + #{b: T_b ≥ T}) / (1 + B)`` (ties within round-off count as "≥"). Exact whenever the
+    signs of d are fair coins given |d| (Phipson & Smyth 2010). Returns ``(p, T)`` (T,).
+    """
+    d = np.asarray(d, np.float64)
+    if d.ndim != 2 or len(seeds) != d.shape[0]:
+        raise ValueError(f"sign-flip test: expected (T, m) differences and T seeds, got {d.shape} and {len(seeds)}")
+    if permutations < 1:
+        raise ValueError(f"permutations must be >= 1, got {permutations}")
+    t_obs = d.sum(-1)
+    p = np.empty(d.shape[0])
+    for t, seed in enumerate(seeds):
+        flip = rng_for(seed, _SIGNS).random((permutations, d.shape[1])) < 0.5
+        t_b = np.where(flip, -d[t], d[t]).sum(-1)
+        slack = 100 * np.finfo(np.float64).eps * np.abs(d[t]).sum()
+        p[t] = (1.0 + (t_b >= t_obs[t] - slack).sum()) / (1.0 + permutations)
+    return p, t_obs
+
+
+def fixed_score_pvalues(
+    xp,
+    xu,
+    direction,
+    seeds: Sequence,
+    *,
+    permutations: int = FIXED_PERMUTATIONS,
+    transform: str = "rank",
+    weight: float = HYBRID_WEIGHT,
+    details: bool = False,
+):
+    """The fixed-score test of T trials at once: a pre-registered score, no model fitted.
+
+    Score: :func:`fixed_scores` (oriented pooled ranks or z-scores of the directed columns, averaged).
+    Pair differences d_i = s(P_i) − s(U_i) over all n pairs; ``p_perm`` is the sign-flip permutation
+    p-value (:func:`signflip_permutation_pvalues`), ``p_tail`` the exact Rademacher bound
+    (:func:`signflip_tail_pvalues`) on the same d, and ``p = min(1, p_perm/w, p_tail/(1 − w))`` as the
+    hybrid (:func:`combine_hybrid`).
+
+    Why it is valid (docs/inference.md §12): under H0 the n pairs are i.i.d. and each pair's two rows are
+    exchangeable. The pooled transform is a symmetric function of the 2n rows, so it is unchanged by
+    swapping the rows of any pair, and the directions are fixed before the data are seen; given the
+    unordered pairs, the swap indicators are i.i.d. fair coins and each d_i changes sign with its pair's
+    coin. So the signs of d are fair coins given |d| — the premise of both the exact sign-flip p-value
+    and the Hoeffding/Pinelis bound — and the union bound gives P(p ≤ α) ≤ α for any n, any feature
+    distribution and any B. Unlike the hybrid's tail part, nothing is held out: no row trains anything.
+
+    Returns:
+      ``(p, log10_p)`` (T,), or with ``details`` a dict adding ``p_permutation``, ``p_tail``,
+      ``log10_p_tail``, ``tail_statistic``, ``t_obs`` (mean difference of the scores), ``sp``, ``su``.
+    """
+    xp = np.asarray(xp, np.float64)
+    xu = np.asarray(xu, np.float64)
+    scoring._check_pair(xp, xu, "fixed-score test")
+    sp, su = fixed_scores(xp, xu, direction, transform)
+    d = sp - su
+    p_perm, t_sum = signflip_permutation_pvalues(d, seeds, permutations)
+    p_tail, log10_tail, s_tail = signflip_tail_pvalues(d)
+    p, log10_p = combine_hybrid(p_perm, log10_tail, weight)
+    if not details:
+        return p, log10_p
+    return {"p": p, "log10_p": log10_p, "p_permutation": p_perm, "p_tail": p_tail, "log10_p_tail": log10_tail,
+            "tail_statistic": s_tail, "t_obs": t_sum / d.shape[-1], "sp": sp, "su": su}
+
+
 # ---- single-audit tests -----------------------------------------------------------------------------
 
 
@@ -549,6 +674,58 @@ def hybrid_test(
         note=f"p = min(1, p_perm/{weight:g}, p_tail/{1 - weight:.2g}): p_perm is the whole-pipeline permutation "
         f"p-value (B = {permutations}, floor {1 / (1 + permutations):.2g}); p_tail an exact-bound sign-flip p-value "
         f"on {m} held-out pairs (model fitted on the other {r['n_train']}); valid by the union bound",
+    )
+    rows = np.arange(n)
+    return ScoredResult(result, r["sp"][0], r["su"][0], rows, rows)
+
+
+def fixed_score_test(
+    xp,
+    xu,
+    direction,
+    *,
+    permutations: int = FIXED_PERMUTATIONS,
+    transform: str = "rank",
+    weight: float = HYBRID_WEIGHT,
+    seed=0,
+    alpha: float = 0.01,
+) -> ScoredResult:
+    """The fixed-score test: a pre-registered score (no fitting) and an exact sign-flip test on all pairs.
+
+    Args:
+      xp, xu: (n, d) paired features of P and U (row i of each forms pair i).
+      direction: (d,) +1 / −1 / 0 per column (:func:`directions_vector`): higher / lower is member, unused.
+      permutations: B sign-flip draws (cheap: no refit; default 9999).
+      transform: ``"rank"`` (default) or ``"z"``: how each column is put on one scale over P ∪ U.
+      weight: share of α given to the sign-flip permutation part (the rest to the tail bound).
+      seed: the sign flips come from ``np.random.default_rng([seed, 6])``.
+
+    References:
+      docs/inference.md §12 (why it is valid, measured FPR and power); Phipson & Smyth 2010;
+      Hoeffding 1963 and Pinelis 1994 (the tail bound); the union bound for the combination.
+    """
+    xp, xu = _paired(xp, xu, "fixed-score test")
+    r = fixed_score_pvalues(xp[None], xu[None], direction, [seed], permutations=permutations, transform=transform,
+                            weight=weight, details=True)
+    n = xp.shape[0]
+    p, log10_p = float(r["p"][0]), float(r["log10_p"][0])
+    used = int(np.count_nonzero(direction))
+    components = {
+        "p_permutation": float(r["p_permutation"][0]), "permutations": permutations, "weight_permutation": weight,
+        "p_tail": float(r["p_tail"][0]), "log10_p_tail": float(r["log10_p_tail"][0]),
+        "weight_tail": 1.0 - weight, "tail_statistic": float(r["tail_statistic"][0]), "tail_pairs_tested": n,
+        "transform": transform, "columns_used": used,
+        "smallest_possible_log10_p": float(combine_hybrid(1.0 / (1 + permutations),
+                                                          rademacher_tail_log10(np.sqrt(n)), weight)[1]),
+    }
+    t_obs = float(r["t_obs"][0])
+    result = InferenceResult(
+        p_value=p, method="fixed_score", statistic=t_obs, statistic_name="mean_diff", alternative="greater",
+        is_correct_order=bool(t_obs > 0), n_p=n, n_u=n, alpha=alpha, reject=bool(p <= alpha),
+        permutations=permutations, log10_p=log10_p, components=components,
+        note=f"pre-registered score (mean of {used} oriented pooled {transform}s, no model fitted); "
+        f"p = min(1, p_perm/{weight:g}, p_tail/{1 - weight:.2g}) with p_perm an exact sign-flip permutation p-value "
+        f"(B = {permutations}) and p_tail the sign-flip tail bound, both on all {n} pairs",
     )
     rows = np.arange(n)
     return ScoredResult(result, r["sp"][0], r["su"][0], rows, rows)
