@@ -13,8 +13,9 @@ Tests (``--tests``):
 * ``hybrid``: the whole-pipeline hybrid (``stat_tests.hybrid_pvalues``, B = ``--permutations``). Its
   parts are reported too, as diagnostics of where its power goes: ``hybrid.perm`` (the permutation
   p-value alone, at α), ``hybrid.tail`` (the sign-flip bound on the held-out half alone, at α).
-* ``fixed_rank``, ``fixed_z``: the fixed-score test (``stat_tests.fixed_score_pvalues``,
-  B = ``--fixed-permutations``), directions from the tables' ``lower_is_member`` / ``higher_is_member``.
+* ``fixed_max``, ``fixed_mean``: the fixed-score test (``stat_tests.fixed_score_pvalues``, pooled ranks,
+  ``combine="max"`` / ``"mean"``, B = ``--fixed-permutations``), directions from the tables'
+  ``lower_is_member`` / ``higher_is_member`` meta.
 * ``oracle`` (diagnostic, guilty splits only): a logistic regression fitted on members and non-members
   *outside* the trial (as many of each as are left), then the sign-flip test on the trial's score
   differences. A valid test, but an audit has no spare members: it shows what a well-fitted model
@@ -38,7 +39,7 @@ from scipy import stats
 from jaxmia.inference import scoring, stat_tests
 from jaxmia.table import load_table
 
-TESTS = ("hybrid", "fixed_rank", "fixed_z", "oracle")
+TESTS = ("hybrid", "fixed_max", "fixed_mean", "oracle")
 
 
 def _pvalues(test, xp, xu, seeds, direction, args):
@@ -47,9 +48,9 @@ def _pvalues(test, xp, xu, seeds, direction, args):
         r = stat_tests.hybrid_pvalues(xp, xu, seeds, permutations=args.permutations, details=True)
         # The parts, each read at the full α, say where the hybrid's power goes.
         return {"hybrid": r["p"], "hybrid.perm": r["p_permutation"], "hybrid.tail": r["p_tail"]}
-    transform = {"fixed_rank": "rank", "fixed_z": "z"}[test]
+    combine = {"fixed_max": "max", "fixed_mean": "mean"}[test]
     p, _ = stat_tests.fixed_score_pvalues(xp, xu, direction, seeds, permutations=args.fixed_permutations,
-                                          transform=transform)
+                                          combine=combine)
     return {test: p}
 
 
@@ -65,7 +66,7 @@ def _oracle_pvalues(pool_m, pool_n, take, seeds, args):
         coef, icpt = scoring.fit_logistic_batched(scaler.apply(x_train, augment=True), y, augmented=True)
         w = coef[0, 0] / scaler.scale[0]
         d = (pool_m[a] - pool_n[b]) @ w  # logit differences (each with the sign of the probability difference)
-        p, _ = stat_tests.signflip_permutation_pvalues(d[None], [seed], args.fixed_permutations)
+        p = stat_tests.signflip_permutation_pvalues(d[None], [seed], args.fixed_permutations)[0]
         out.append(p[0])
     return np.array(out)
 
