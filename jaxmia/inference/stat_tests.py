@@ -48,6 +48,13 @@ unpublished set U under the scoring model of :mod:`jaxmia.inference.scoring`. Th
     floor other than the evidence itself (S ≤ √m, so m held-out pairs can give at most
     p_tail ≈ 4.46·Φ̄(√m)). ``log10_p`` carries the exponent when p underflows a float.
 
+``"fixed_score"`` (:func:`fixed_score_test`; power at small n, issue 16, docs/inference.md §12)
+    No model is fitted: the family of pre-registered scores (each column with a registered member
+    direction, as pooled ranks over P ∪ U, and their mean), the max-T statistic over the family, an
+    exact sign-flip permutation p-value on all n pairs and a Bonferroni sign-flip tail bound, combined
+    as the hybrid. Valid by construction (the pooled transform is invariant under within-pair swaps);
+    not yet a ``CdiConfig.test`` choice.
+
 Every test returns a :class:`InferenceResult` that says how its p-value was obtained.
 """
 
