@@ -435,6 +435,85 @@ def drc_scores(denoiser, data, labels: dict, size: Size, out: Path, *, progress:
     }, ran
 
 
+# ---- stage 3b: the shift table (issue 16; docs/inference.md §11) ------------------------------------
+
+# Per size: non-members used (half processed = P, half as they are = U), n per side, resamples, B.
+SHIFT_SETTINGS = {"default": {"pool": 600, "ns": (25, 50, 100), "reps": 100, "permutations": 199},
+                  "tiny": {"pool": 48, "ns": (10, 20), "reps": 10, "permutations": 199}}
+
+
+def shift_table(denoiser, data, labels: dict, size: Size, out: Path, *, progress: bool) -> tuple[dict, bool]:
+    """How often processing alone makes the model test (and the blind baseline) say "trained".
+
+    ``scripts/shift_table.py`` on the study's images: a seeded ``pool`` of the target's non-members
+    (``_seeded_subset(..., [seed, 5])``), the first half processed (``jaxmia.shift.processing``, the
+    audit's default sensitivity list) and the second as U; resample (n, rep) takes
+    ``default_rng([seed, n, rep]).permutation(half)[:n]`` of each half; the default (hybrid) test on the
+    study's CDI features and on the blind pixel features. Feature tables cached under ``out``; the
+    table itself in ``out/shift.json``, keyed by its inputs.
+    """
+    from jaxmia.data import Dataset
+    from jaxmia.inference import curves
+    from jaxmia.shift import apply_processing, blind_table
+    from jaxmia.shift.processing import DEFAULT_SENSITIVITY
+
+    cfg = SHIFT_SETTINGS[size.name]
+    nonmembers = [i for i in data.ids if labels[i] == 0]
+    half = min(cfg["pool"], len(nonmembers)) // 2
+    chosen = _seeded_subset(nonmembers, 2 * half, [size.seed, 5])
+    order = [chosen[k] for k in np.random.default_rng([size.seed, 5]).permutation(len(chosen))]
+    where = {i: k for k, i in enumerate(data.ids)}
+    images = data.images[[where[i] for i in order]]
+    s_ids, u_ids = order[:half], order[half:]
+    ns = [n for n in cfg["ns"] if n <= half]
+    key = digest({"settings": cfg, "specs": list(DEFAULT_SENSITIVITY), "ids": order, "model": denoiser.digest,
+                  "config": jsonable(size.stats_settings()), "features": jsonable(dict(size.feature_overrides))})
+    cache = out / "shift.json"
+    if cache.is_file() and json.loads(cache.read_text()).get("key") == key:
+        return json.loads(cache.read_text())["table"], False
+    u_set = Dataset(u_ids, images[half:], None, "shift U")
+    xu = cdi_features(denoiser, u_set, size, out / "u.npz", progress=progress)[0].rows(u_ids).values
+    bu = blind_table(u_set.ids, u_set.images).values
+    rows = []
+    for spec in ["none", *DEFAULT_SENSITIVITY]:
+        ids = s_ids if spec == "none" else [f"{spec}|{i}" for i in s_ids]
+        ds = Dataset(ids, images[:half] if spec == "none" else apply_processing(spec, images[:half]), None, spec)
+        xs = cdi_features(denoiser, ds, size, out / f"s-{spec.replace(':', '_')}.npz", progress=progress)[0]
+        xs, bs = xs.rows(ids).values, blind_table(ds.ids, ds.images).values
+        row = {"processing": spec}
+        for n in ns:
+            take = np.stack([np.random.default_rng([size.seed, n, r]).permutation(half)[:n] for r in range(cfg["reps"])])
+            seeds = [(size.seed, n, r) for r in range(cfg["reps"])]
+            for name, a, b in (("model", xs, xu), ("blind", bs, bu)):
+                p = curves.batched_pvalues(a[take], b[take], "hybrid", seeds, permutations=cfg["permutations"])
+                row[f"{name}_n{n}"] = float((p <= ALPHA).mean())
+        rows.append(row)
+    table = {"rows": rows, "ns": ns, "half": half, **{k: v for k, v in cfg.items() if k != "ns"}}
+    cache.write_text(json.dumps({"key": key, "table": table}))
+    return table, True
+
+
+def _shift_text(shift: dict) -> str:
+    """The section of the shift table (one per target that ran the stage)."""
+    out = []
+    for name, t in shift.items():
+        ns = t["ns"]
+        out += [f"Target `{name}`: {2 * t['half']} non-members, one half processed (P), the other half as they are "
+                f"(U); {t['reps']} resamples per cell; the default (hybrid, B = {t['permutations']}) test on the CDI "
+                "features (model test) and on the blind pixel features (blind baseline); rejection rates at "
+                f"α = {ALPHA}. Both sides are non-members, so every rejection of the model test is processing "
+                "mistaken for training (the audit reports it as inconclusive when the blind test also rejects; "
+                "docs/inference.md §11).", "",
+                "| processing (of P only) | " + " | ".join(f"model test, n = {n}" for n in ns) + " | "
+                + " | ".join(f"blind baseline, n = {n}" for n in ns) + " |",
+                "|---|" + "---|" * (2 * len(ns))]
+        for r in t["rows"]:
+            out.append(f"| {r['processing']} | " + " | ".join(f"{r[f'model_n{n}']:.0%}" for n in ns) + " | "
+                       + " | ".join(f"{r[f'blind_n{n}']:.0%}" for n in ns) + " |")
+        out.append("")
+    return "\n".join(out)
+
+
 # ---- stage 4: statistics (NumPy only) --------------------------------------------------------------
 
 
@@ -870,7 +949,13 @@ def write_markdown(doc: Path, stats: dict, targets: list[dict], header: dict, si
     add(_img(figures["null"], doc, "null calibration"))
     add("")
 
-    add("## 6. Settings")
+    if header.get("shift"):
+        add("## 6. Shift: processing alone, mistaken for training")
+        add("")
+        add(_shift_text(header["shift"]))
+        add("")
+
+    add("## 7. Settings" if header.get("shift") else "## 6. Settings")
     add("")
     add(_settings_text(header, size))
     add("")
@@ -1365,7 +1450,7 @@ def run_study(size: Size, work: Path, doc: Path, *, jobs: int, progress: bool, c
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
     watch = Stopwatch(size_dir / "timings.json")
     specs = [t for t in size.targets if not only or t.name in only]
-    targets, inputs, notes, devices = [], {}, {}, []
+    targets, inputs, notes, devices, shift = [], {}, {}, [], {}
     for spec in specs:
         with watch.stage(f"train {spec.name}") as stage:
             info = ensure_target(spec, work, progress=progress)
@@ -1386,6 +1471,11 @@ def run_study(size: Size, work: Path, doc: Path, *, jobs: int, progress: bool, c
             drc, stage.computed = drc_scores(denoiser, data, labels, size, size_dir / "features" / spec.name / "drc",
                                              progress=progress)
         notes[f"drc {spec.name}"] = f"{len(drc['ids']) + drc['n_calibration']} images"
+        if spec.name in size.headline_targets:
+            with watch.stage(f"shift {spec.name}") as stage:
+                shift[spec.name], stage.computed = shift_table(denoiser, data, labels, size,
+                                                               size_dir / "features" / spec.name / "shift",
+                                                               progress=progress)
         inputs[spec.name] = TargetData(table, labels, drc)
 
     with watch.stage("statistics") as stage:
@@ -1416,6 +1506,7 @@ def run_study(size: Size, work: Path, doc: Path, *, jobs: int, progress: bool, c
             "stage_notes": notes,
             "stages": watch.stages,
             "record": watch.record,
+            "shift": shift,
         }
         figures = make_figures(stats, targets, doc.parent / doc.stem, size)
         header.update(total_wall_s=time.perf_counter() - start, load_end=_loadavg())
