@@ -439,7 +439,7 @@ def drc_scores(denoiser, data, labels: dict, size: Size, out: Path, *, progress:
 
 # Per size: non-members used (half processed = P, half as they are = U), n per side, resamples, B.
 SHIFT_SETTINGS = {"default": {"pool": 600, "ns": (25, 50, 100), "reps": 100, "permutations": 199},
-                  "tiny": {"pool": 48, "ns": (10, 20), "reps": 10, "permutations": 199}}
+                  "tiny": {"pool": 24, "ns": (10,), "reps": 10, "permutations": 199}}  # smoke size: keeps the quick study short
 
 
 def shift_table(denoiser, data, labels: dict, size: Size, out: Path, *, progress: bool) -> tuple[dict, bool]:
