@@ -321,12 +321,6 @@ def encode(placed: Placement, images, id_hash):
     return _jit_encode(placed.mesh)(placed.denoiser, images, placed.root, id_hash)
 
 
-def device_batch(placed: Placement, batch: Batch, with_cond: bool):
-    """(x0, cond, id_hash) on the mesh, with x0 encoded for latent models."""
-    x, cond, id_hash = shard_inputs(placed, batch, with_cond)
-    return encode(placed, x, id_hash), cond, id_hash
-
-
 # ---- the per-example program ------------------------------------------------------------------
 
 

@@ -11,7 +11,6 @@ from jaxmia.runtime import check_images  # noqa: F401
 from jaxmia.runtime import check_timesteps  # noqa: F401
 from jaxmia.runtime import chunks  # noqa: F401
 from jaxmia.runtime import data_mesh  # noqa: F401
-from jaxmia.runtime import device_batch  # noqa: F401
 from jaxmia.runtime import encode  # noqa: F401
 from jaxmia.runtime import leaf_sharding  # noqa: F401
 from jaxmia.runtime import n_batches  # noqa: F401

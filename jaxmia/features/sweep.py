@@ -8,7 +8,8 @@ timesteps of the grid (common random numbers: the curve over t is not blurred by
 each t; this is ML's convention, docs/methods/cdi.md §4.4).
 
 The grid runs as a ``lax.scan`` over the flattened (t, draw) pairs, not a vmap over timesteps: on
-CPU a vmap over timesteps was slower (docs/methods/models.md §10). Examples are vmapped.
+CPU a vmap over timesteps was slower (docs/methods/models.md §10). Examples are vmapped, and run
+by the one batch loop of :func:`jaxmia.runtime.map_examples`.
 """
 
 from __future__ import annotations
