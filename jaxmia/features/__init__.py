@@ -22,10 +22,10 @@ from jaxmia.features.registry import parse_features  # noqa: F401
 from jaxmia.features.registry import plan_columns  # noqa: F401
 from jaxmia.features.registry import plan_cost  # noqa: F401
 from jaxmia.features.registry import register_feature  # noqa: F401
-from jaxmia.features.runner import DEFAULT_SHARD_MIN_SIZE  # noqa: F401
-from jaxmia.features.runner import data_mesh  # noqa: F401
-from jaxmia.features.runner import leaf_sharding  # noqa: F401
-from jaxmia.features.runner import shard_denoiser  # noqa: F401
+from jaxmia.runtime import DEFAULT_SHARD_MIN_SIZE  # noqa: F401
+from jaxmia.runtime import data_mesh  # noqa: F401
+from jaxmia.runtime import leaf_sharding  # noqa: F401
+from jaxmia.runtime import shard_denoiser  # noqa: F401
 
 # Built-in signals register themselves on import (order = nothing but readability).
 from jaxmia.features import grad_mask as _grad_mask  # noqa: F401,E402
