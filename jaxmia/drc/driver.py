@@ -163,8 +163,8 @@ def run_drc(
 
     Returns:
       dict with ``table`` (path), ``columns``, ``n_images``, ``evidence`` (paths), ``summary``
-      (path or None), ``member_like`` / ``nonmember_like`` ids, ``network_calls_per_image`` and
-      ``seconds``.
+      (path or None), ``member_like`` / ``nonmember_like`` ids, ``network_calls_per_image``,
+      ``seconds`` and ``scores`` (the table written, a :class:`~jaxmia.table.FeatureTable`).
     """
     _check_inputs(denoiser, dataset, cfg, holes, embed_fn)
     if evidence < 0:
@@ -214,6 +214,7 @@ def run_drc(
         paths, summary = _write_evidence(runner, cfg, values, ids, member_like, nonmember_like, out_dir / "evidence")
     return {
         "table": str(table_path),
+        "scores": table,
         "columns": names,
         "n_images": len(ids),
         "evidence": [str(p) for p in paths],
