@@ -54,8 +54,9 @@ th{background:#f3f3f3} td:first-child,th:first-child{text-align:left}
 img{max-width:100%;margin:.4em 0;image-rendering:pixelated} .small{color:#666;font-size:.9em}
 img.native{max-width:none;image-rendering:pixelated;image-rendering:crisp-edges}
 .drc-grid{display:grid;grid-template-columns:repeat(2,max-content);gap:.6em 1.2em;overflow-x:auto;margin:.6em 0}
-.drc-grid h3{margin:.2em 0} .drc-panel{margin:0;padding:.4em;border:1px solid #ddd;border-radius:4px}
+.drc-grid h3{margin:.2em 0} .drc-panel{margin:0;padding:.4em;border:1px solid #ddd;border-radius:4px;width:min-content}
 .drc-panel figcaption{font-size:.9em} .drc-panel .score{font-weight:bold}
+.drc-cols{display:flex;font-size:.8em;color:#555;padding-left:2px} .drc-cols span{text-align:center}
 
 """
 
@@ -170,11 +171,24 @@ def _drc_panel(side: str, image: DrcImage | None, metric: str) -> str:
         return f"<figure class='drc-panel' data-side='{side}'><figcaption>no image</figcaption></figure>"
     per_task = ", ".join(f"{html.escape(c.split('_', 2)[-1])} {v:.4g}" for c, v in image.task_scores.items())
     return (f"<figure class='drc-panel' data-side='{side}' data-id='{html.escape(image.id)}' "
-            f"data-rank='{image.rank}' data-score='{image.score!r}'>"
+            f"data-rank='{image.rank}' data-score='{image.score!r}'>" + _drc_columns(image.path)
             + _img(image.path, f"DRC evidence {short} {image.id}", native=True)
             + f"<figcaption>{short}, most {html.escape(image.rank)}: {html.escape(image.id)}<br>"
             f"<span class='score'>DRC score ({html.escape(metric)}) {image.score:.4g}</span>"
             f" <span class='small'>({per_task})</span></figcaption></figure>")
+
+
+def _drc_columns(path) -> str:
+    """Column titles over an evidence grid, each as wide as its panel (layout of jaxmia.drc.evidence)."""
+    from jaxmia.drc.evidence import COLUMNS, PAD
+
+    if not path or not Path(path).is_file():
+        return ""
+    width, _ = _png_size(Path(path).read_bytes(), path)
+    step = (width - PAD) // len(COLUMNS)  # one panel plus its gap
+    titles = ("original", "masked", "restored", "error")
+    return ("<div class='drc-cols'>" + "".join(f"<span style='width:{step}px'>{t}</span>" for t in titles)
+            + "</div>")
 
 
 def _evidence_strength(v: dict) -> list:
