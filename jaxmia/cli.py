@@ -220,7 +220,7 @@ def features_command(model, data, features, out, seed, batch_size, per_device_ba
 def cdi_command(published, unpublished, out, features, test, alpha, permutations, alternative, seed, curve_reps,
                 curve_test, no_curve):
     """CDI dataset inference: was the model trained on the published set? (two feature tables in)."""
-    from jaxmia.inference import CdiConfig, cdi_from_files
+    from jaxmia.cdi import CdiConfig, cdi_from_files
 
     config = CdiConfig(features=features, test=test, alpha=alpha, permutations=permutations, alternative=alternative,
                        seed=seed, curve=not no_curve, curve_reps=curve_reps, curve_test=curve_test)
@@ -249,7 +249,7 @@ def cdi_command(published, unpublished, out, features, test, alpha, permutations
 @click.option("--higher-is-member", "higher", multiple=True, help="Column whose raw score is higher for members (repeatable).")
 def mia_command(scores, labels, out, columns, lower, higher):
     """Labelled MIA evaluation: AUC, TPR@1%/0.1% FPR, oracle ASR and log-log ROC per score column."""
-    from jaxmia.inference import mia_from_files
+    from jaxmia.mia import mia_from_files
 
     cols = None if columns is None else [c.strip() for c in columns.split(",") if c.strip()]
     result = mia_from_files(scores, labels, out, columns=cols, lower_is_member=lower, higher_is_member=higher)

@@ -47,7 +47,8 @@ from typing import Callable, NamedTuple
 import click
 import numpy as np
 
-from jaxmia.inference import curves, evaluate_mia, scoring
+from jaxmia.inference import curves, scoring
+from jaxmia.mia import evaluate_mia
 from jaxmia.table import FeatureTable
 
 REPO = Path(__file__).resolve().parent.parent
@@ -1043,7 +1044,7 @@ def _mia_method_text(header: dict, size: Size) -> str:
     return (
         "Every member and the non-members listed per table are scored by each statistic (the `cdi` feature "
         "preset of `jaxmia.features`, seed 0; lower = member for loss, SecMI, PIA and PIAN). Metrics come from "
-        "the exact ROC (`jaxmia.inference.evaluate_mia`, docs/methods/mia.md §2.3). **CDI score** is the CDI "
+        "the exact ROC (`jaxmia.mia.evaluate_mia`, docs/methods/mia.md §2.3). **CDI score** is the CDI "
         f"scoring model (standardiser + L2 logistic regression on all 26 features) applied per image with "
         f"{size.folds}-fold stratified cross-fitting: each image is scored by a model fitted on the other folds' "
         "labelled members and non-members, never on itself. Unlike the four statistics it is *supervised*: it "

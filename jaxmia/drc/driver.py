@@ -147,8 +147,8 @@ def run_drc(
 
     Returns:
       dict with ``table`` (path), ``columns``, ``n_images``, ``evidence`` (paths), ``summary``
-      (path or None), ``member_like`` / ``nonmember_like`` ids, ``network_calls_per_image`` and
-      ``seconds``.
+      (path or None), ``member_like`` / ``nonmember_like`` ids, ``network_calls_per_image``,
+      ``seconds`` and ``scores`` (the table written, a :class:`~jaxmia.table.FeatureTable`).
     """
     _check_inputs(denoiser, dataset, cfg, holes, embed_fn)
     if evidence < 0:
@@ -203,6 +203,7 @@ def run_drc(
                                          out_dir / "evidence")
     return {
         "table": str(table_path),
+        "scores": table,
         "columns": names,
         "n_images": len(ids),
         "evidence": [str(p) for p in paths],

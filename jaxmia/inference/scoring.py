@@ -30,7 +30,7 @@ Two solvers give the same fit:
 jaxmia differences from the reference (each with the option restoring it):
 
 * rows are paired by sorted id by default, not by file position (``row_order="table"`` in
-  :mod:`jaxmia.inference.report` keeps the file order that the reference's KFold saw);
+  :mod:`jaxmia.cdi` keeps the file order that the reference's KFold saw);
 * the Newton solver stops at a gradient tolerance far below liblinear's default (tol = 1e-4), so
   scores differ from the reference's by up to ~1e-3 (``solver="sklearn"`` reproduces them exactly).
 """
