@@ -33,7 +33,7 @@ from jaxmia.features.config import FeatureConfig, config_diff, flatten_nested, m
 from jaxmia.features.keys import SAMPLE_KEY_AXES, SampleKey
 from jaxmia.features.lanes import LanePool
 from jaxmia.features.registry import (SharedWork, expand_requested, get_feature, parse_features, plan_columns,
-                                     plan_cost, plan_directions)
+                                     plan_config, plan_cost, plan_directions, plan_groups, plan_signals)
 from jaxmia.table import FeatureTable, save_table
 
 
@@ -104,7 +104,7 @@ def run_identity(names, columns, cfg, seed, denoiser, batch_size, per_device_bat
     ident = {
         "features": list(names),
         "columns": list(columns),
-        "config": cfg.to_dict(),
+        "config": plan_config(names, cfg).to_dict(),
         "seed": int(seed),
         "model_digest": denoiser.digest,
         "schedule_digest": sched.schedule_digest(denoiser.schedule),
@@ -216,10 +216,11 @@ def extract(
     compiled_before = compile_cache.snapshot()
     cfg = config if isinstance(config, FeatureConfig) else make_config(config)
     names = parse_features(features)
+    cfg = plan_config(names, cfg)  # the requested signals' own sections, defaults filled in
     columns = plan_columns(names, cfg)
     data = runner.as_dataset(data)
     runner.check_images(denoiser, data)
-    runner.check_timesteps(denoiser, cfg.max_timestep(), source="feature config")
+    runner.check_timesteps(denoiser, cfg.max_timestep(names), source="feature config")
     with_cond = runner.uses_cond(denoiser, data)
     placed = runner.place(denoiser, seed, batch_size, devices, per_device_batch=per_device_batch,
                           mesh_shape=mesh_shape, shard_min_size=shard_min_size)
@@ -302,6 +303,8 @@ def extract(
         "kind": "features",
         "features": list(names),
         **plan_directions(names, cfg),
+        "groups": plan_groups(names, cfg),
+        "signals": plan_signals(names, cfg),
         "config": cfg.to_dict(),
         "seed": int(seed),
         "model_digest": denoiser.digest,

@@ -35,8 +35,6 @@ from jaxmia.inference.report import mia_from_files
 from jaxmia.inference.report import run_cdi
 from jaxmia.inference.report import write_cdi_report
 from jaxmia.inference.report import write_mia_report
-from jaxmia.inference.scoring import CDI_FEATURES
-from jaxmia.inference.scoring import FEATURE_GROUPS
 from jaxmia.inference.scoring import Standardiser
 from jaxmia.inference.scoring import crossfit_scores
 from jaxmia.inference.scoring import crossfit_scores_batched
@@ -45,6 +43,7 @@ from jaxmia.inference.scoring import fit_standardiser
 from jaxmia.inference.scoring import fixed_split_scores
 from jaxmia.inference.scoring import kfold_assignment
 from jaxmia.inference.scoring import resolve_features
+from jaxmia.inference.scoring import table_groups
 from jaxmia.inference.stat_tests import InferenceResult
 from jaxmia.inference.stat_tests import DEFAULT_TEST
 from jaxmia.inference.stat_tests import REFERENCE_FPR_NOTE

@@ -42,7 +42,8 @@ class CdiConfig:
     """Resolved options of :func:`run_cdi` (saved beside every report).
 
     Attributes:
-      features: columns or groups (:data:`jaxmia.inference.scoring.FEATURE_GROUPS`); None = every column.
+      features: columns or groups (the tables' groups, :func:`jaxmia.inference.scoring.table_groups`);
+        None = every column.
       test: ``"hybrid"`` (default) | ``"permutation"`` | ``"split"`` | ``"cdi_reference"``.
       alpha: decision level (reject when p ≤ alpha).
       permutations: B of the permutation test (also the permutation part of the hybrid).
@@ -152,8 +153,10 @@ def _resolve_columns(p_table: FeatureTable, u_table: FeatureTable, features) -> 
             "published and unpublished feature tables have different columns "
             f"(only in published: {only_p or '-'}; only in unpublished: {only_u or '-'})"
         )
-    names = scoring.resolve_features(features, p_table.names)
-    scoring.resolve_features(list(names), u_table.names)  # same error text if U lacks any
+    names = scoring.resolve_features(features, p_table.names, scoring.table_groups(p_table))
+    missing = [n for n in names if n not in u_table.names]
+    if missing:
+        raise ValueError(f"unpublished feature table lacks column(s) {', '.join(missing)}")
     return names
 
 
