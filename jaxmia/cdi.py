@@ -56,8 +56,10 @@ def _resolve_columns(p_table: FeatureTable, u_table: FeatureTable, features) -> 
             "published and unpublished feature tables have different columns "
             f"(only in published: {only_p or '-'}; only in unpublished: {only_u or '-'})"
         )
-    names = scoring.resolve_features(features, p_table.names)
-    scoring.resolve_features(list(names), u_table.names)  # same error text if U lacks any
+    names = scoring.resolve_features(features, p_table.names, scoring.table_groups(p_table))
+    missing = [n for n in names if n not in u_table.names]
+    if missing:
+        raise ValueError(f"unpublished feature table lacks column(s) {', '.join(missing)}")
     return names
 
 

@@ -148,8 +148,8 @@ def _int_list(text: str, option: str) -> tuple:
 @main.command("features")
 @click.argument("model")
 @click.argument("data")
-@click.option("--features", "features", default="cdi", show_default=True,
-              help="Comma-separated signals: cdi, loss, secmi, pia, pian, multi_loss, grad_mask, noise_opt.")
+@click.option("--features", "features", default=None,
+              help="Comma-separated registered signals (listed by 'jaxmia signals') [the preset's signals].")
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="Feature table to write (.npz + .json).")
 @click.option("--seed", default=0, show_default=True, type=int, help="Root seed of every noise draw.")
 @click.option("--batch-size", default=None, type=int,
@@ -159,9 +159,10 @@ def _int_list(text: str, option: str) -> tuple:
 @click.option("--mesh", "mesh", default=None, metavar="DATA,MODEL",
               help="Device mesh, e.g. 4,2: a model axis > 1 splits large parameters [N,1].")
 @click.option("--preset", default="cdi", show_default=True,
-              help="Config preset: cdi, cdi_reference, secmi_mia, pia_mia, loss_mia.")
+              help="Preset: signals and config values (listed by 'jaxmia signals').")
 @click.option("--set", "overrides", multiple=True, metavar="FIELD=VALUE",
-              help="Override one config field (repeatable), e.g. --set no_mode=reference.")
+              help="Override one config field (repeatable), e.g. --set no_mode=reference, or a signal's own "
+                   "section: --set drc.steps=10.")
 @click.option("--coordinator", default=None, metavar="HOST:PORT",
               help="Join a jax.distributed run [$JAX_COORDINATOR_ADDRESS]; process 0 merges the shards.")
 @click.option("--num-processes", default=None, type=int, help="P processes share the ids [$JAX_NUM_PROCESSES].")
@@ -176,10 +177,12 @@ def features_command(model, data, features, out, seed, batch_size, per_device_ba
     from jaxmia.data import load_dataset
     from jaxmia.distributed import extract_sharded, process_layout
     from jaxmia.features import make_config, parse_overrides
+    from jaxmia.features.config import preset_signals
 
     layout = process_layout(coordinator, num_processes, process_id, distributed=distributed)  # before any JAX work
     mesh_shape = None if mesh is None else _int_list(mesh, "--mesh")
     cfg = make_config(preset, **parse_overrides(overrides))
+    features = ",".join(preset_signals(preset)) if features is None else features
     denoiser = load_model(model, scheduler, family)
     dataset = load_dataset(data, image_shape=denoiser.input_shape)
     dataset = caption_dataset(model, denoiser, dataset, captions, Path(out).parent / "text_embeddings", family)
@@ -198,6 +201,39 @@ def features_command(model, data, features, out, seed, batch_size, per_device_ba
         click.echo(f"when all {layout.num_processes} shards are written: jaxmia merge --out {out}")
 
 
+@main.command("signals")
+@click.option("--preset", default="cdi", show_default=True, help="Show columns and costs under this preset's config.")
+@click.option("--set", "overrides", multiple=True, metavar="FIELD=VALUE", help="Config overrides, as for 'features'.")
+def signals_command(preset, overrides):
+    """The registered signals (columns, direction, cost, groups, config read), the presets and the groups."""
+    from jaxmia.features import make_config, parse_overrides
+    from jaxmia.features.config import PRESET_SIGNALS, PRESETS
+    from jaxmia.features.registry import FEATURES, GROUP_DOCS, plan_config
+
+    cfg = make_config(preset, **parse_overrides(overrides))
+    click.echo(f"signals (config: preset {preset}):")
+    for name, spec in FEATURES.items():
+        scfg = plan_config([name], cfg)
+        cols = spec.columns(scfg)
+        cost = spec.cost(scfg)
+        dirs = sorted(set(spec.directions(scfg).values()))
+        shown = ", ".join(cols) if len(cols) <= 6 else f"{', '.join(cols[:3])}, ... {cols[-1]}"
+        reads = list(spec.reads) + ([f"{name}.*"] if spec.section is not None else [])
+        click.echo(f"  {name}: {spec.doc}")
+        click.echo(f"      {len(cols)} column(s): {shown}; direction {'/'.join(dirs)}; "
+                   f"{cost.forward} forward + {cost.backward} backward passes per image"
+                   + ("" if cost.exact else " (nominal)")
+                   + (f"; groups {', '.join(spec.groups)}" if spec.groups else "")
+                   + (f"; parts {', '.join(spec.parts)}" if spec.parts else "")
+                   + (f"; reads {', '.join(reads)}" if reads else ""))
+    click.echo("presets:")
+    for name, signals in PRESET_SIGNALS.items():
+        values = ", ".join(f"{k}={v}" for k, v in PRESETS[name].items()) or "defaults"
+        click.echo(f"  {name}: {', '.join(signals)} ({values})")
+    click.echo("groups (jaxmia cdi --features): " + "; ".join(f"{g} = {d}" for g, d in GROUP_DOCS.items())
+               + "; all = every column; a signal's name = its columns")
+
+
 # ---- inference: CDI dataset inference and labelled MIA evaluation ----------------------------
 
 
@@ -205,7 +241,9 @@ def features_command(model, data, features, out, seed, batch_size, per_device_ba
 @click.option("--published", required=True, type=click.Path(dir_okay=False), help="Feature table of the published set P.")
 @click.option("--unpublished", required=True, type=click.Path(dir_okay=False), help="Feature table of the unpublished set U.")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Output folder (report.json, plots, scores).")
-@click.option("--features", default=None, help="Columns or groups (mia, gm, ml, no, new, all), '+'-joined; default: every column.")
+@click.option("--features", default=None,
+              help="Columns or groups the tables record (mia, gm, ml, no, new, all, a signal's name), '+'-joined; "
+                   "default: every column.")
 @click.option("--test", "test", default="hybrid", show_default=True,
               type=click.Choice(["hybrid", "permutation", "split", "cdi_reference"]),
               help="hybrid, permutation and split are calibrated.")

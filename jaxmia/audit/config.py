@@ -24,6 +24,7 @@ from typing import Any, Mapping, Optional, Sequence
 
 from jaxmia.drc import DRCConfig
 from jaxmia.features import FeatureConfig, make_config
+from jaxmia.features.config import SECTION_TYPES
 from jaxmia.inference.report import CdiConfig, config_from_dict as cdi_from_dict
 from jaxmia.shift.processing import DEFAULT_SENSITIVITY, parse_processing
 
@@ -43,7 +44,8 @@ class AuditSettings:
         compiled shape, which fixes the features' float rounding; larger is faster on a GPU/TPU.
       null_splits: innocent splits of U for the empirical false-positive rate (0 disables).
       null_test: the test run on those splits (the cheap, calibrated ``split`` test by default).
-      mia_attacks: single-image attack columns evaluated for context (lower = member).
+      mia_attacks: single-image attack columns evaluated for context, each in the direction its signal
+        registered; None: the columns of the feature tables' ``mia`` group (the registry's).
       drc_images: images per side restored for the DRC evidence (0 disables).
       resize, on_error: how image folders are read (see :mod:`jaxmia.data.folder`).
       scheduler: a scheduler config (file or folder) used instead of the model folder's (``--scheduler``).
@@ -72,7 +74,7 @@ class AuditSettings:
     per_device_batch: Optional[int] = None
     null_splits: int = 200
     null_test: str = "split"
-    mia_attacks: tuple = ("dl", "secmi", "pia", "pian")
+    mia_attacks: Optional[tuple] = None
     drc_images: int = 4
     resize: str = "refuse"
     on_error: str = "refuse"
@@ -183,6 +185,11 @@ def _check_known(cls, values: Mapping, section: str, source: str, extra: Sequenc
                          f"known in [{section}]: {', '.join(sorted(known))}")
 
 
+def _section_values(section: str, values: Mapping[str, Any], source: str) -> dict:
+    """A signal's own section under [features] (``[features.drc]``), typed like its dataclass."""
+    return {k: _coerce(SECTION_TYPES[section], k, v, f"{source}: features.{section}.{k}") for k, v in values.items()}
+
+
 def build_config(sections: Mapping[str, Mapping[str, Any]], *, source: str = "config") -> AuditConfig:
     """An :class:`AuditConfig` from section dictionaries (file contents merged with overrides)."""
     unknown = sorted(set(sections) - set(SECTIONS))
@@ -193,9 +200,13 @@ def build_config(sections: Mapping[str, Mapping[str, Any]], *, source: str = "co
     audit = AuditSettings(**{k: _coerce(AuditSettings, k, v, f"{source}: audit.{k}") for k, v in audit_vals.items()})
 
     feat_vals = dict(sections.get("features", {}))
-    _check_known(FeatureConfig, feat_vals, "features", source, extra=("preset",))
+    for key in [k for k in feat_vals if "." in k]:  # --set features.drc.steps=2: a signal's own section
+        section, name = key.split(".", 1)
+        feat_vals.setdefault(section, {})[name] = feat_vals.pop(key)
+    _check_known(FeatureConfig, feat_vals, "features", source, extra=("preset", *SECTION_TYPES))
     preset = str(feat_vals.pop("preset", "cdi"))
-    features = make_config(preset, **{k: _coerce(FeatureConfig, k, v, f"{source}: features.{k}")
+    features = make_config(preset, **{k: _section_values(k, v, source) if k in SECTION_TYPES else
+                                      _coerce(FeatureConfig, k, v, f"{source}: features.{k}")
                                       for k, v in feat_vals.items()})
 
     cdi_vals = dict(sections.get("cdi", {}))

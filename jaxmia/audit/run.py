@@ -121,6 +121,8 @@ def _mia_context(p_table: FeatureTable, u_table: FeatureTable, attacks) -> dict:
     from jaxmia.mia import evaluate_mia
     from jaxmia.table import FeatureTable as T
 
+    if attacks is None:  # the registry's single-image attacks, as the tables record them
+        attacks = p_table.meta.get("groups", {}).get("mia", [])
     cols = [a for a in attacks if a in p_table.names and a in u_table.names]
     if not cols:
         return {}

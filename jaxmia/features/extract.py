@@ -33,7 +33,7 @@ from jaxmia.features.config import FeatureConfig, make_config
 from jaxmia.features.keys import SampleKey
 from jaxmia.features.lanes import LanePool
 from jaxmia.features.registry import (SharedWork, expand_requested, get_feature, parse_features, plan_columns,
-                                     plan_cost, plan_directions)
+                                     plan_config, plan_cost, plan_directions, plan_groups, plan_signals)
 from jaxmia.runtime import partial_path  # noqa: F401  (public: jaxmia.features.partial_path)
 from jaxmia.table import FeatureTable, save_table
 
@@ -106,7 +106,7 @@ def run_identity(names, columns, cfg, seed, denoiser, batch_size, per_device_bat
     ident = {
         "features": list(names),
         "columns": list(columns),
-        "config": cfg.to_dict(),
+        "config": plan_config(names, cfg).to_dict(),
         "seed": int(seed),
         "model_digest": denoiser.digest,
         "schedule_digest": sched.schedule_digest(denoiser.schedule),
@@ -142,10 +142,11 @@ def resolve_run(denoiser, data, features="cdi", *, config=None, seed: int = 0, b
     """
     cfg = config if isinstance(config, FeatureConfig) else make_config(config)
     names = parse_features(features)
+    cfg = plan_config(names, cfg)  # the requested signals' own sections, defaults filled in
     columns = plan_columns(names, cfg)
     data = runtime.as_dataset(data)
     runtime.check_images(denoiser, data)
-    runtime.check_timesteps(denoiser, cfg.max_timestep(), source="feature config")
+    runtime.check_timesteps(denoiser, cfg.max_timestep(names), source="feature config")
     with_cond = runtime.uses_cond(denoiser, data)
     placed = runtime.place(denoiser, seed, batch_size, devices, per_device_batch=per_device_batch,
                            mesh_shape=mesh_shape, shard_min_size=shard_min_size)
@@ -274,6 +275,8 @@ def extract(
         "kind": "features",
         "features": list(names),
         **plan_directions(names, cfg),
+        "groups": plan_groups(names, cfg),
+        "signals": plan_signals(names, cfg),
         "config": cfg.to_dict(),
         "seed": int(seed),
         "model_digest": denoiser.digest,

@@ -29,8 +29,6 @@ from jaxmia.inference.plots import plot_roc_curves
 from jaxmia.inference.plots import plot_score_histograms
 from jaxmia.inference.report import CdiConfig
 from jaxmia.inference.report import config_from_dict
-from jaxmia.inference.scoring import CDI_FEATURES
-from jaxmia.inference.scoring import FEATURE_GROUPS
 from jaxmia.inference.scoring import Standardiser
 from jaxmia.inference.scoring import crossfit_scores
 from jaxmia.inference.scoring import crossfit_scores_batched
@@ -39,6 +37,7 @@ from jaxmia.inference.scoring import fit_standardiser
 from jaxmia.inference.scoring import fixed_split_scores
 from jaxmia.inference.scoring import kfold_assignment
 from jaxmia.inference.scoring import resolve_features
+from jaxmia.inference.scoring import table_groups
 from jaxmia.inference.stat_tests import InferenceResult
 from jaxmia.inference.stat_tests import DEFAULT_TEST
 from jaxmia.inference.stat_tests import REFERENCE_FPR_NOTE

@@ -25,7 +25,8 @@ class CdiConfig:
     """Resolved options of :func:`run_cdi` (saved beside every report).
 
     Attributes:
-      features: columns or groups (:data:`jaxmia.inference.scoring.FEATURE_GROUPS`); None = every column.
+      features: columns or groups (the tables' groups, :func:`jaxmia.inference.scoring.table_groups`);
+        None = every column.
       test: ``"hybrid"`` (default) | ``"permutation"`` | ``"split"`` | ``"cdi_reference"``.
       alpha: decision level (reject when p ≤ alpha).
       permutations: B of the permutation test (also the permutation part of the hybrid).
