@@ -44,6 +44,7 @@ SETTINGS = {
     "invert_s50": ({"strength": 0.5, "restore": "invert"}, "DDIM inversion of the whole image, strength 0.5"),
     "invert_s25": ({"strength": 0.25, "restore": "invert"}, "DDIM inversion, strength 0.25"),
     "invert_s10": ({"strength": 0.1, "restore": "invert"}, "DDIM inversion, strength 0.1"),
+    "invert_s05": ({"strength": 0.05, "restore": "invert"}, "DDIM inversion, strength 0.05"),
 }
 
 
