@@ -1066,7 +1066,9 @@ def _mia_method_text(header: dict, size: Size) -> str:
         f"DDIM, strength {size.drc_strength:g}, {size.drc_steps} steps), scores PSNR on the hole, and averages "
         "the per-task z-scores fitted on separate calibration non-members. It costs "
         f"{len(size.drc_kinds) * len(size.drc_ratios) * size.drc_steps} network calls per image, so it runs on a "
-        "seeded subset; the last column gives every attack's AUC on exactly that subset.")
+        "seeded subset; the last column gives every attack's AUC on exactly that subset. Which restoration and "
+        "comparison make DRC work, and the label-free `drc_score` of `jaxmia drc`, are measured by "
+        "`python scripts/drc_ablation.py` in `docs/results/drc_ablation.md`.")
 
 
 def _mia_table(mia: dict) -> str:

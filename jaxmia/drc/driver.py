@@ -23,6 +23,7 @@ import jaxmia
 from jaxmia import runtime
 from jaxmia import schedule as sched
 from jaxmia.data import Dataset
+from jaxmia.drc.aggregate import drc_score
 from jaxmia.drc.config import DRCConfig, tasks
 from jaxmia.drc.evidence import evidence_grid, safe_filename, summary_grid
 from jaxmia.drc.features import drc_one
@@ -36,6 +37,7 @@ METHOD_LABEL = "DRC-style (jaxmia recipe)"
 # inputs per call at this size.
 DEFAULT_PER_DEVICE_BATCH = 8
 TABLE_NAME = "drc_scores.npz"
+SCORE_COLUMN = "drc_score"  # label-free per-image score, higher = member (jaxmia.drc.aggregate.drc_score)
 
 
 def drc_batch(denoiser, images, cond, id_hash, user_mask, root, *, cfg: DRCConfig, with_images: bool):
@@ -118,7 +120,8 @@ def run_drc(
 
     "Model Will Tell" (Fu et al., arXiv 2403.08487) as jaxmia's DRC-style recipe
     (docs/methods/mia.md §4.2). Writes ``out_dir/drc_scores.npz`` (a :class:`~jaxmia.table.FeatureTable`
-    with one column per (metric, task), raw orientation, plus its JSON sidecar with the resolved
+    with one column per (metric, task), raw orientation, then ``drc_score`` (label-free, higher =
+    member: :func:`jaxmia.drc.aggregate.drc_score` of the ``score_metric``), plus its JSON sidecar with the resolved
     config, seed, model digest, achieved hole fractions and timings) and, for ``evidence`` > 0,
     ``out_dir/evidence/<id>.png`` per selected image and ``out_dir/evidence/summary.png``.
 
@@ -186,12 +189,15 @@ def run_drc(
     bar = mapped.progress
     timing = bar.summary()
     names = [f"drc_{m}_{t}" for m in cfg.metrics for t in task_names]
+    score, score_note = _drc_score(values[cfg.score_metric], cfg.score_metric)
     table = FeatureTable(
         ids=np.asarray(ids),
-        names=tuple(names),
-        values=np.concatenate([values[m] for m in cfg.metrics], axis=1),
+        names=tuple(names) + (SCORE_COLUMN,),
+        values=np.concatenate([values[m] for m in cfg.metrics] + [score[:, None]], axis=1),
         meta=_meta(denoiser, dataset, cfg, seed, placed, devices, plan, task_list, fractions, timing),
     )
+    table.meta["higher_is_member"].append(SCORE_COLUMN)
+    table.meta["drc"]["drc_score"] = score_note
     if embed_fn is not None:
         table.meta["drc"]["embedder"] = getattr(embed_fn, "info", {"kind": type(embed_fn).__name__})
     table_path = save_table(table, out_dir / TABLE_NAME)
@@ -213,6 +219,15 @@ def run_drc(
         "network_calls_per_image": network_calls_per_image(cfg, denoiser.schedule.num_train_timesteps),
         "seconds": round(time.perf_counter() - start, 3),
     }
+
+
+def _drc_score(raw, metric: str) -> tuple[np.ndarray, str]:
+    """The ``drc_score`` column (mean over tasks of the across-data z of the oriented ``metric``)
+    and its sidecar note; NaN with the reason when undefined (fewer than 2 images, a constant task)."""
+    try:
+        return drc_score(orient(raw, metric)), f"mean over tasks of the across-data z-score of oriented {metric}"
+    except ValueError as err:
+        return np.full(raw.shape[0], np.nan), f"undefined (NaN): {err}"
 
 
 def _cosine(embed_fn, images, restored) -> np.ndarray:
