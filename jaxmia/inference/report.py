@@ -90,7 +90,7 @@ class CdiConfig:
             raise ValueError("config protocol='fixed_split' needs train_ids_published and train_ids_unpublished")
         if self.protocol == "crossfit" and (self.train_ids_published or self.train_ids_unpublished):
             raise ValueError("config train_ids_* are only used with protocol='fixed_split'")
-        if self.test in ("permutation", "hybrid") and self.alternative not in (None, "greater", "one-sided"):
+        if self.test in ("permutation", "hybrid", "fixed_score") and self.alternative not in (None, "greater", "one-sided"):
             raise ValueError(
                 f"config alternative={self.alternative!r}: the {self.test} test is one-sided (member direction)"
             )
