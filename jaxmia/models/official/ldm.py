@@ -796,7 +796,8 @@ def convert(src: Path, dst: Path, config: Optional[str] = None, null_class: str 
       The conversion record (also written to ``dst/jaxmia_conversion.json``).
     """
     from jaxmia.models import class_token, vae
-    from jaxmia.models.io import require_empty_folder, save_unet, weights_digest
+    from jaxmia.models.formats import require_empty_folder, weights_digest
+    from jaxmia.models.loading import save_unet
 
     src, dst = Path(src), Path(dst)
     if not src.is_file():

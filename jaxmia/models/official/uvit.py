@@ -125,7 +125,7 @@ def scheduler_config(timesteps: str, latent: bool) -> dict:
 
 
 def _convert(fmt: str, src: Path, dst: Path, options: dict) -> dict:
-    from jaxmia.models.io import require_empty_folder
+    from jaxmia.models.formats import require_empty_folder
 
     require_empty_folder(Path(dst))
     src = Path(src)
