@@ -34,7 +34,7 @@ from flax import traverse_util
 from jaxmia.models import convert as rules
 from jaxmia.models.dit_official import (FREQUENCY_EMBEDDING_SIZE, OFFICIAL_NUM_HEADS, DiTOfficialConfig,
                                         abstract_params)
-from jaxmia.models.official import register_format
+from jaxmia.models.official.registry import register_format
 from jaxmia.models.official.output import (check_keys, choice_option, count_indexed, int_option, num_heads,
                                            path_option, require, source_record, write_pipeline)
 from jaxmia.models.torch_checkpoint import flat_state_dict, read_torch_checkpoint

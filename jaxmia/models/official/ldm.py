@@ -81,7 +81,7 @@ import numpy as np
 from jaxmia import schedule as sched
 from jaxmia.fileio import file_sha256
 from jaxmia.models import convert as tree_convert
-from jaxmia.models.official import register_format
+from jaxmia.models.official.registry import register_format
 from jaxmia.models.official.output import check_keys
 from jaxmia.models.torch_checkpoint import flat_state_dict, read_torch_checkpoint
 
