@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import Any, Mapping, Optional
 
 from jaxmia import schedule as sched
+from jaxmia.models.denoiser import COND_KINDS
 
 # Shipped inside the package (jaxmia/configs, also reachable as configs/ at the repository root).
 FAMILIES_DIR = Path(__file__).resolve().parents[1] / "configs" / "families"
@@ -50,7 +51,7 @@ LATENT_KINDS = ("none", "kl", "vq")
 # Encode modes per latent kind (jaxmia.models.vae.ENCODE_MODES, by autoencoder class).
 ENCODE_MODES = {"none": ("none",), "kl": ("sample", "mean"), "vq": ("pre_quantization", "quantized")}
 AUTOENCODER_CLASSES = {"kl": "AutoencoderKL", "vq": "VQModel"}
-CONDITIONING_KINDS = ("none", "class", "text")
+CONDITIONING_KINDS = COND_KINDS  # what a Denoiser's cond_kind can be
 
 
 @dataclasses.dataclass(frozen=True)
