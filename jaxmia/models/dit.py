@@ -41,8 +41,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxmia.models.attention import (FEED_FORWARD_ACTIVATIONS, TRANSFORMER_MODULE_LISTS, Attention, FeedForward, LabelTable, PatchEmbed, layer_norm,
+from jaxmia.models.attention import (FEED_FORWARD_ACTIVATIONS, Attention, FeedForward, LabelTable, PatchEmbed, layer_norm,
                                      sinusoid_2d)
+from jaxmia.models.attention import TRANSFORMER_MODULE_LISTS
 from jaxmia.models.blocks import TimestepEmbedding, timestep_sinusoid
 from jaxmia.models.registry import ModelSpec, register_model
 
