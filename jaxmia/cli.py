@@ -342,7 +342,7 @@ def convert_command(src, dst, fmt, ema, flagfile, assume_cifar10_defaults, optio
     folder, or the official checkpoints of DiT, U-ViT and CompVis LDM (read without torch, nothing runs)."""
     import json
 
-    from jaxmia.models.io import convert_checkpoint
+    from jaxmia.models.conversion import convert_checkpoint
 
     parsed = {}
     for item in options:
