@@ -80,9 +80,9 @@ def rgb_unet_config() -> dict:
 
 @dataclass(frozen=True)
 class RGBRecipe:
-    member_fraction: float = 1 / 3  # of each photo's patches: 64 of the 192
+    member_fraction: float = 1 / 6  # of each photo's patches: 32 of the 192
     split_seed: int = 0
-    train: TrainConfig = field(default_factory=lambda: TrainConfig(steps=1500, batch_size=16, learning_rate=3e-3))
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(steps=2500, batch_size=16, learning_rate=3e-3))
     beta_schedule: str = "linear"
     beta_start: float = 1e-4
     beta_end: float = 0.02

@@ -31,8 +31,8 @@ assert cfg.audit.n == 100, cfg.audit
 den = load_denoiser("demo", family="ddpm_pixel")
 from jaxmia.data import load_dataset
 rgb = load_denoiser("rgb", family="ddpm_pixel")
-assert rgb.sample_shape == (32, 32, 3) and demo_config(target="rgb").audit.n == 64
-assert load_dataset("rgb:members", image_shape=rgb.input_shape).images.shape == (64, 32, 32, 3)
+assert rgb.sample_shape == (32, 32, 3) and demo_config(target="rgb").audit.n == 32
+assert load_dataset("rgb:members", image_shape=rgb.input_shape).images.shape == (32, 32, 32, 3)
 print(f"wheel smoke: jaxmia {jaxmia.__version__} from {Path(jaxmia.__file__).parent}; families {', '.join(families)}; "
       f"demo config n = {cfg.audit.n}; demo target {den.sample_shape}; rgb target {rgb.sample_shape}")
 PY
