@@ -23,6 +23,7 @@ from __future__ import annotations
 import collections.abc
 import dataclasses
 import difflib
+import inspect
 import json
 import math
 import os
@@ -34,8 +35,8 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 
 __all__ = [
-    "Text", "apply_overrides", "check_keys", "coerce", "coerce_fields", "from_mapping", "merge",
-    "parse_set", "parse_value", "to_mapping", "write_config_json",
+    "Text", "apply_overrides", "check_keys", "coerce", "coerce_fields", "config_json", "from_class_config",
+    "from_mapping", "merge", "parse_set", "parse_value", "to_class_config", "to_mapping", "write_config_json",
 ]
 
 
@@ -256,6 +257,31 @@ def from_mapping(cls, mapping: Mapping[str, Any], *, source: str = "config", wha
         if str(err).startswith(source):
             raise
         raise ValueError(f"{source}: {err}") from None
+
+
+def from_class_config(cls, config: Mapping[str, Any], class_name: str | None, *, source: str = "config",
+                      what: str | None = None, ignore: Iterable[str] = ()):
+    """A network's ``config.json`` dict → its config dataclass (the folded ``models/typed_config``).
+
+    ``_class_name`` (when ``class_name`` is given) must equal it; keys starting with ``_`` and those
+    in ``ignore`` (a file format's generic keys) are skipped; then :func:`from_mapping` and the
+    class's ``validate(source=...)`` when it has one.
+    """
+    if not isinstance(config, Mapping):
+        raise ValueError(f"{source}: a model config must be a JSON object, got {type(config).__name__}")
+    if class_name is not None and config.get("_class_name", class_name) != class_name:
+        raise ValueError(f"{source}: _class_name is {config.get('_class_name')!r}, not {class_name!r}")
+    out = from_mapping(cls, config, source=source, what=f"{what or class_name} config", ignore=ignore,
+                       skip_private=True)
+    validate = getattr(out, "validate", None)
+    if validate is not None and "source" in inspect.signature(validate).parameters:
+        validate(source=source)  # (a validate without it already ran in __post_init__)
+    return out
+
+
+def to_class_config(obj, class_name: str) -> dict:
+    """The ``config.json`` dict of a network config dataclass: ``_class_name`` and every field."""
+    return {"_class_name": class_name, **to_mapping(obj)}
 
 
 def coerce_fields(obj, *, source: str | None = None) -> None:
