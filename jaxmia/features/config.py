@@ -22,8 +22,7 @@ import json
 import typing
 from typing import Any, Mapping, Sequence
 
-import numpy as np
-
+from jaxmia import config as typed
 from jaxmia.features.norms import check_norm
 
 DEFAULT_TIMESTEPS = tuple(range(0, 1000, 100))  # 0, 100, ..., 900 (ML and GM, docs/methods/cdi.md §4.4-4.5)
@@ -83,25 +82,11 @@ class FeatureConfig:
     no_max_linesearch_steps: int = 20
 
     def __post_init__(self):
-        hints = typing.get_type_hints(FeatureConfig)
-        for f in dataclasses.fields(self):
-            value, hint = getattr(self, f.name), hints[f.name]
-            if hint is float and isinstance(value, int) and not isinstance(value, bool):
-                object.__setattr__(self, f.name, float(value))
-            elif hint in (int, bool, str) and not (type(value) is hint or (hint is int and isinstance(value, np.integer))):
-                raise ValueError(f"{f.name}: expected {hint.__name__}, got {value!r}")
-            elif hint is float and not isinstance(value, (float, np.floating)):
-                raise ValueError(f"{f.name}: expected float, got {value!r}")
-            elif hint is int:
-                object.__setattr__(self, f.name, int(value))
+        typed.coerce_fields(self)  # the one parser: types, lists -> tuples, ints widened to floats
         for name in ("ml_timesteps", "gm_timesteps"):
-            raw = getattr(self, name)
-            if isinstance(raw, (str, bytes)) or not hasattr(raw, "__iter__"):
-                raise ValueError(f"{name}: expected a sequence of ints, got {raw!r}")
-            value = tuple(int(t) for t in raw)
+            value = getattr(self, name)
             if not value or min(value) < 0:
                 raise ValueError(f"{name}: need at least one timestep, all >= 0 (got {value})")
-            object.__setattr__(self, name, value)
         for name in ("dl_norm", "secmi_norm", "ml_norm"):
             check_norm(getattr(self, name), field=name)
         for name in ("dl_n_draws", "ml_n_draws", "secmi_stride", "no_memory_size", "no_max_linesearch_steps"):
@@ -124,7 +109,7 @@ class FeatureConfig:
             raise ValueError(f"no_mode: unknown value {self.no_mode!r}; known: {', '.join(NO_MODES)}")
 
     def to_dict(self) -> dict:
-        return {f.name: (list(v) if isinstance(v := getattr(self, f.name), tuple) else v) for f in dataclasses.fields(self)}
+        return typed.to_mapping(self)
 
     def digest(self) -> str:
         return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:16]
@@ -154,12 +139,6 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
-def _check_fields(names, *, source: str) -> None:
-    unknown = [n for n in names if n not in FIELD_NAMES]
-    if unknown:
-        raise ValueError(f"{source}: unknown feature config field(s) {', '.join(map(repr, unknown))}; known: {', '.join(FIELD_NAMES)}")
-
-
 def make_config(preset: str | FeatureConfig | None = "cdi", **overrides: Any) -> FeatureConfig:
     """A :class:`FeatureConfig` from a preset name (or a config) plus typed field overrides."""
     if isinstance(preset, FeatureConfig):
@@ -169,45 +148,24 @@ def make_config(preset: str | FeatureConfig | None = "cdi", **overrides: Any) ->
         if name not in PRESETS:
             raise ValueError(f"unknown feature preset {name!r}; known: {', '.join(PRESETS)}")
         base = FeatureConfig(**PRESETS[name])
-    _check_fields(overrides, source="config override")
-    return dataclasses.replace(base, **overrides) if overrides else base
+    if not overrides:
+        return base
+    return typed.from_mapping(FeatureConfig, {**base.to_dict(), **overrides}, source="config override",
+                              what="feature config")
 
 
 def config_from_dict(values: Mapping[str, Any], *, source: str = "feature config") -> FeatureConfig:
-    _check_fields(values, source=source)
-    return FeatureConfig(**{k: (tuple(v) if isinstance(v, list) else v) for k, v in values.items()})
-
-
-def _parse_value(name: str, text: str):
-    hint = typing.get_type_hints(FeatureConfig)[name]
-    try:
-        if hint is bool:
-            low = text.strip().lower()
-            if low not in ("true", "false", "1", "0", "yes", "no"):
-                raise ValueError
-            return low in ("true", "1", "yes")
-        if hint is int:
-            return int(text)
-        if hint is float:
-            return float(text)
-        if hint is str:
-            return text.strip()
-        return tuple(int(t) for t in text.split(",") if t.strip())  # tuple[int, ...]
-    except ValueError:
-        raise ValueError(f"config override {name}={text!r}: not a valid {getattr(hint, '__name__', hint)}") from None
+    """A :class:`FeatureConfig` from a mapping (a table's meta, a ``config.json``): :func:`jaxmia.config.from_mapping`."""
+    return typed.from_mapping(FeatureConfig, values, source=source, what="feature config")
 
 
 def parse_overrides(items: Sequence[str]) -> dict[str, Any]:
-    """``["no_mode=reference", "ml_timesteps=0,500"]`` -> typed overrides (CLI ``--set``)."""
-    out = {}
-    for item in items:
-        if "=" not in item:
-            raise ValueError(f"config override {item!r}: expected FIELD=VALUE")
-        name, text = item.split("=", 1)
-        name = name.strip()
-        _check_fields([name], source="config override")
-        out[name] = _parse_value(name, text)
-    return out
+    """``["no_mode=reference", "ml_timesteps=0,500"]`` -> typed overrides: the section-less form of
+    ``features --set features.FIELD=VALUE`` (deprecated), parsed by :func:`jaxmia.config.parse_set`."""
+    values = typed.parse_set([f"features.{item}" for item in items]).get("features", {})
+    typed.check_keys(values, FIELD_NAMES, source="config override", what="feature config")
+    hints = typing.get_type_hints(FeatureConfig)
+    return {k: typed.coerce(v, hints[k], path=k, source="config override") for k, v in values.items()}
 
 
 def config_diff(a: Mapping[str, Any], b: Mapping[str, Any]) -> list[str]:
