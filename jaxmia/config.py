@@ -90,9 +90,9 @@ def _describe(hint) -> str:
         if not args:
             return "a list"
         if len(args) == 2 and args[1] is Ellipsis:
-            return f"a list of ({_describe(args[0])})"
-        return f"a list of {len(args)} ({', '.join(_describe(a) for a in args)})"
-    if origin in (dict, Mapping, typing.Mapping) or hint is dict:
+            return f"a list (each {_describe(args[0])})"
+        return f"a list of {len(args)} ({'; '.join(_describe(a) for a in args)})"
+    if origin in (dict, collections.abc.Mapping) or hint is dict:
         return "a table (mapping)"
     if dataclasses.is_dataclass(hint):
         return f"a table ({hint.__name__})"

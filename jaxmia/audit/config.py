@@ -161,5 +161,7 @@ def load_config(path=None, overrides: Optional[Mapping[str, Mapping[str, Any]]] 
     if path is not None:
         sections = {k: dict(v) for k, v in read_config_file(path).items()}
         source = str(path)
-    sections = typed.merge(sections, overrides or {})
+    if overrides:
+        sections = typed.merge(sections, overrides)
+        source = "overrides" if path is None else f"{path} + overrides"
     return build_config(sections, source=source)
