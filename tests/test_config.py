@@ -116,6 +116,7 @@ def _registered_configs():
     from jaxmia.drc import DRCConfig
     from jaxmia.features import FeatureConfig, make_config
     from jaxmia.inference import CdiConfig, MiaConfig
+    from jaxmia.models.class_token import ClassTokenUNetConfig
     from jaxmia.models.clip_text import CLIPTextConfig
     from jaxmia.models.clip_vision import CLIPVisionConfig
     from jaxmia.models.dit import DiTConfig
@@ -128,7 +129,8 @@ def _registered_configs():
     return [FeatureConfig(), make_config("cdi_reference"), DRCConfig(), DRCConfig(kinds=("rect",), n_masks=2),
             CdiConfig(), CdiConfig(features=("pia", "dl"), curve_grid=(10, 20)), MiaConfig(), AuditSettings(),
             UNet2DConfig(), UNet2DConditionConfig(), AutoencoderKLConfig(), VQModelConfig(), DiTConfig(),
-            DiTOfficialConfig(), UViTConfig(), UViTT2IConfig(), CLIPTextConfig(), CLIPVisionConfig()]
+            DiTOfficialConfig(), UViTConfig(), UViTT2IConfig(), CLIPTextConfig(), CLIPVisionConfig(),
+            ClassTokenUNetConfig(num_classes=3, unet=UNet2DConditionConfig(), null_class=2)]
 
 
 @pytest.mark.parametrize("cfg", _registered_configs(), ids=lambda c: type(c).__name__)
