@@ -87,13 +87,14 @@ def set_option(*sections: str, example: str):
 def parse_sets(sets, sections, *, legacy_section=None, **flags) -> dict:
     """``--set`` items → nested overrides, then the explicit flags (``section__field=value``, None =
     not given) on top: the flags are sugar for ``--set``. An item without a section is read as
-    ``legacy_section.FIELD`` with a deprecation message (the old ``features --set FIELD=V``)."""
+    ``legacy_section.FIELD`` with a deprecation message (the old ``features --set FIELD=V`` and
+    ``features --set SIGNAL.FIELD=V``: any item whose first name is not one of ``sections``)."""
     from jaxmia.config import Text, parse_set
 
     items = []
     for item in sets:
         key = str(item).partition("=")[0]
-        if legacy_section is not None and "=" in str(item) and "." not in key:
+        if legacy_section is not None and "=" in str(item) and key.split(".")[0].strip() not in sections:
             click.echo(f"jaxmia: warning: --set {item} is deprecated; write --set {legacy_section}.{item}", err=True)
             item = f"{legacy_section}.{item}"
         items.append(item)
@@ -170,11 +171,23 @@ def _int_list(text: str, option: str) -> tuple:
         raise ValueError(f"{option}: expected comma-separated integers, got {text!r}") from None
 
 
+def _feature_config(sets, preset, *, source: str):
+    """``--preset`` and ``--set features.FIELD=VALUE`` / ``features.SIGNAL.FIELD=VALUE`` (a signal's own
+    section) → (preset name, :class:`jaxmia.features.FeatureConfig`), parsed by :mod:`jaxmia.config`."""
+    from jaxmia import config as typed
+    from jaxmia.features import make_config
+
+    values = dict(parse_sets(sets, ("features",), legacy_section="features", features__preset=preset).get("features", {}))
+    preset = typed.coerce(values.pop("preset", "cdi"), str, path="features.preset", source=source)
+    return preset, typed.apply_overrides(make_config(preset), values, source=source, what="feature config",
+                                         prefix="features.")
+
+
 @main.command("features")
 @click.argument("model")
 @click.argument("data")
-@click.option("--features", "features", default="cdi", show_default=True,
-              help="Comma-separated signals: cdi, loss, secmi, pia, pian, multi_loss, grad_mask, noise_opt.")
+@click.option("--features", "features", default=None,
+              help="Comma-separated registered signals (listed by 'jaxmia signals') [the preset's signals].")
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="Feature table to write (.npz + .json).")
 @click.option("--seed", default=0, show_default=True, type=int, help="Root seed of every noise draw.")
 @click.option("--batch-size", default=None, type=int,
@@ -184,8 +197,8 @@ def _int_list(text: str, option: str) -> tuple:
 @click.option("--mesh", "mesh", default=None, metavar="DATA,MODEL",
               help="Device mesh, e.g. 4,2: a model axis > 1 splits large parameters [N,1].")
 @click.option("--preset", default=None,
-              help="Config preset: cdi, cdi_reference, secmi_mia, pia_mia, loss_mia [cdi] (= --set features.preset=NAME).")
-@set_option("features", example="features.no_mode=reference")
+              help="Preset: signals and config values (listed by 'jaxmia signals') [cdi] (= --set features.preset=NAME).")
+@set_option("features", example="features.no_mode=reference, or a signal's own section: features.drc.steps=10")
 @click.option("--coordinator", default=None, metavar="HOST:PORT",
               help="Join a jax.distributed run [$JAX_COORDINATOR_ADDRESS]; process 0 merges the shards.")
 @click.option("--num-processes", default=None, type=int, help="P processes share the ids [$JAX_NUM_PROCESSES].")
@@ -202,14 +215,12 @@ def features_command(model, data, features, out, seed, batch_size, per_device_ba
     from jaxmia import config as typed
     from jaxmia.data import load_dataset
     from jaxmia.distributed import extract_sharded, process_layout
-    from jaxmia.features import FeatureConfig, make_config
+    from jaxmia.features.config import preset_signals
 
     layout = process_layout(coordinator, num_processes, process_id, distributed=distributed)  # before any JAX work
     mesh_shape = None if mesh is None else _int_list(mesh, "--mesh")
-    values = dict(parse_sets(sets, ("features",), legacy_section="features", features__preset=preset).get("features", {}))
-    preset = typed.coerce(values.pop("preset", "cdi"), str, path="features.preset", source="jaxmia features")
-    cfg = typed.from_mapping(FeatureConfig, {**make_config(preset).to_dict(), **values}, source="jaxmia features",
-                             prefix="features.")
+    preset, cfg = _feature_config(sets, preset, source="jaxmia features")
+    features = ",".join(preset_signals(preset)) if features is None else features
     denoiser = load_model(model, scheduler, family)
     dataset = load_dataset(data, image_shape=denoiser.input_shape)
     dataset = caption_dataset(model, denoiser, dataset, captions, Path(out).parent / "text_embeddings", family)
@@ -229,6 +240,38 @@ def features_command(model, data, features, out, seed, batch_size, per_device_ba
         click.echo(f"when all {layout.num_processes} shards are written: jaxmia merge --out {out}")
 
 
+@main.command("signals")
+@click.option("--preset", default=None, help="Show columns and costs under this preset's config [cdi].")
+@set_option("features", example="features.drc.steps=10")
+def signals_command(preset, sets):
+    """The registered signals (columns, direction, cost, groups, config read), the presets and the groups."""
+    from jaxmia.features.config import PRESET_SIGNALS, PRESETS
+    from jaxmia.features.registry import FEATURES, GROUP_DOCS, plan_config
+
+    preset, cfg = _feature_config(sets, preset, source="jaxmia signals")
+    click.echo(f"signals (config: preset {preset}):")
+    for name, spec in FEATURES.items():
+        scfg = plan_config([name], cfg)
+        cols = spec.columns(scfg)
+        cost = spec.cost(scfg)
+        dirs = sorted(set(spec.directions(scfg).values()))
+        shown = ", ".join(cols) if len(cols) <= 6 else f"{', '.join(cols[:3])}, ... {cols[-1]}"
+        reads = list(spec.reads) + ([f"{name}.*"] if spec.section is not None else [])
+        click.echo(f"  {name}: {spec.doc}")
+        click.echo(f"      {len(cols)} column(s): {shown}; direction {'/'.join(dirs)}; "
+                   f"{cost.forward} forward + {cost.backward} backward passes per image"
+                   + ("" if cost.exact else " (nominal)")
+                   + (f"; groups {', '.join(spec.groups)}" if spec.groups else "")
+                   + (f"; parts {', '.join(spec.parts)}" if spec.parts else "")
+                   + (f"; reads {', '.join(reads)}" if reads else ""))
+    click.echo("presets:")
+    for name, signals in PRESET_SIGNALS.items():
+        values = ", ".join(f"{k}={v}" for k, v in PRESETS[name].items()) or "defaults"
+        click.echo(f"  {name}: {', '.join(signals)} ({values})")
+    click.echo("groups (jaxmia cdi --features): " + "; ".join(f"{g} = {d}" for g, d in GROUP_DOCS.items())
+               + "; all = every column; a signal's name = its columns")
+
+
 # ---- inference: CDI dataset inference and labelled MIA evaluation ----------------------------
 
 
@@ -236,9 +279,11 @@ def features_command(model, data, features, out, seed, batch_size, per_device_ba
 @click.option("--published", required=True, type=click.Path(dir_okay=False), help="Feature table of the published set P.")
 @click.option("--unpublished", required=True, type=click.Path(dir_okay=False), help="Feature table of the unpublished set U.")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Output folder (report.json, plots, scores).")
-@click.option("--features", default=None, help="Columns or groups (mia, gm, ml, no, new, all), '+'-joined; default: every column.")
+@click.option("--features", default=None,
+              help="Columns or groups the tables record (mia, gm, ml, no, new, all, a signal's name), '+'-joined; "
+                   "default: every column.")
 @click.option("--test", "test", default=None, type=click.Choice(["hybrid", "permutation", "split", "cdi_reference"]),
-              help="hybrid, permutation and split are calibrated [hybrid].")
+              help="hybrid, permutation and split are calibrated (fixed_score: --set cdi.test=fixed_score) [hybrid].")
 @click.option("--alpha", default=None, type=float, help="Decision level (reject when p <= alpha) [0.01].")
 @click.option("--permutations", default=None, type=int, help="B of the permutation test [1000].")
 @click.option("--alternative", default=None, type=click.Choice(["one-sided", "two-sided"]),
@@ -254,8 +299,9 @@ def cdi_command(published, unpublished, out, features, test, alpha, permutations
     """CDI dataset inference: was the model trained on the published set? (two feature tables in).
 
     Defaults are :class:`jaxmia.inference.CdiConfig`'s; OUT/config.json holds the effective [cdi] section."""
+    from jaxmia.cdi import cdi_from_files
     from jaxmia.config import write_config_json
-    from jaxmia.inference import cdi_from_files, config_from_dict
+    from jaxmia.inference.report import config_from_dict
 
     nested = parse_sets(sets, ("cdi",), cdi__features=features, cdi__test=test, cdi__alpha=alpha,
                         cdi__permutations=permutations, cdi__alternative=alternative, cdi__seed=seed,
@@ -292,7 +338,8 @@ def mia_command(scores, labels, out, columns, lower, higher, sets):
 
     OUT/config.json holds the effective [mia] section (:class:`jaxmia.inference.MiaConfig`)."""
     from jaxmia import config as typed
-    from jaxmia.inference import MiaConfig, mia_from_files
+    from jaxmia.inference import MiaConfig
+    from jaxmia.mia import mia_from_files
 
     nested = parse_sets(sets, ("mia",), mia__columns=columns, mia__lower_is_member=tuple(lower) or None,
                         mia__higher_is_member=tuple(higher) or None)
@@ -348,7 +395,7 @@ def convert_command(src, dst, fmt, ema, flagfile, assume_cifar10_defaults, optio
     folder, or the official checkpoints of DiT, U-ViT and CompVis LDM (read without torch, nothing runs)."""
     import json
 
-    from jaxmia.models.io import convert_checkpoint
+    from jaxmia.models.conversion import convert_checkpoint
 
     parsed = {}
     for item in options:
@@ -423,19 +470,21 @@ def audit_command(model, published, unpublished, out_dir, config_file, features,
 
 @main.command("demo")
 @click.option("--out", "out_dir", default="runs/demo", show_default=True, type=click.Path(file_okay=False))
-@click.option("--config", "config_file", type=click.Path(dir_okay=False), help="TOML config (default: configs/experiments/demo.toml)")
+@click.option("--config", "config_file", type=click.Path(dir_okay=False), help="TOML config (default: configs/experiments/<target>.toml)")
+@click.option("--target", type=click.Choice(["demo", "rgb"]), default="demo", show_default=True,
+              help="bundled target: demo (8x8 digits) or rgb (32x32 photo patches)")
 @set_option("audit", "features", "cdi", "drc", example="audit.null_splits=50")
 @click.option("--quiet", is_flag=True)
-def demo_command(out_dir, config_file, sets, quiet):
-    """Audit the bundled demo target twice: P = its members (guilty), P = non-members (innocent)."""
+def demo_command(out_dir, config_file, target, sets, quiet):
+    """Audit a bundled target twice: P = its members (guilty), P = non-members (innocent)."""
     import time
 
     from jaxmia.audit.config import SECTIONS
     from jaxmia.audit.demo import demo_config, run_demo
 
     start = time.perf_counter()
-    cfg = demo_config(config_file, parse_sets(sets, SECTIONS))
-    reports = run_demo(out_dir, cfg, quiet=quiet)
+    cfg = demo_config(config_file, parse_sets(sets, SECTIONS), target=target)
+    reports = run_demo(out_dir, cfg, quiet=quiet, target=target)
     click.echo("")
     _print_verdict("guilty case   (P = members)    ", reports["guilty"])
     _print_verdict("innocent case (P = non-members)", reports["innocent"])

@@ -15,7 +15,10 @@ a dataclass parsed by :func:`from_mapping`, written by :func:`to_mapping` /
   a tuple field a comma list (``0,500``); a lone value is a one-entry tuple;
 * an unknown key is an error naming it, the source and the close matches; a missing required key
   is an error naming it; semantic checks (ranges, cross-field rules) stay in each class's
-  ``__post_init__`` / ``validate``.
+  ``__post_init__`` / ``validate``;
+* registered sections (:func:`sections_field`): a class whose section types are registered at run
+  time (FeatureConfig's signal sections, ``features.drc.steps``) reads each as a top-level table
+  ``name = {...}`` by that type's hints and writes each set one back there.
 """
 
 from __future__ import annotations
@@ -36,7 +39,8 @@ import numpy as np
 
 __all__ = [
     "Text", "apply_overrides", "check_keys", "coerce", "coerce_fields", "config_json", "from_class_config",
-    "from_mapping", "merge", "parse_set", "parse_value", "to_class_config", "to_mapping", "write_config_json",
+    "from_mapping", "merge", "parse_set", "parse_value", "sections_field", "to_class_config", "to_mapping",
+    "write_config_json",
 ]
 
 
@@ -218,6 +222,46 @@ def _has_default(f) -> bool:
     return f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING
 
 
+_SECTIONS = "jaxmia.config.sections"
+
+
+def sections_field(types: Mapping[str, type]):
+    """A dataclass field holding named config sections whose types are registered at run time.
+
+    ``types`` (name -> dataclass) is read live, so registrations after the class is defined count (the
+    signal registry's ``section=``). In a mapping each section is a top-level key ``name`` holding a
+    table parsed by ``types[name]``'s hints (``features.drc.steps``); the field itself is not a key.
+    It holds sorted ``(name, section)`` pairs (hashable); :func:`to_mapping` writes each back as ``name``.
+    """
+    return dataclasses.field(default=(), metadata={_SECTIONS: types})
+
+
+def _sections_of(cls):
+    """``cls``'s :func:`sections_field` and its types, or ``(None, {})``."""
+    for f in _fields(cls):
+        if _SECTIONS in f.metadata:
+            return f, f.metadata[_SECTIONS]
+    return None, {}
+
+
+def _build_sections(types: Mapping[str, type], value, *, source: str, prefix: str = "") -> tuple:
+    """Sections (a mapping or ``(name, section)`` pairs; each a section object or a table) → sorted pairs."""
+    items = value.items() if isinstance(value, Mapping) else value
+    out = {}
+    for item in items:
+        if not (isinstance(item, (tuple, list)) and len(item) == 2):
+            raise ValueError(f"{source}: a config section must be a (name, section) pair, got {item!r}")
+        name, section = item
+        check_keys([name], list(types), source=source, what="config section", prefix=prefix)
+        cls = types[name]
+        if isinstance(section, Mapping):
+            section = from_mapping(cls, section, source=source, what=f"{name} config", prefix=f"{prefix}{name}.")
+        elif not isinstance(section, cls):
+            raise ValueError(f"{source}: {prefix}{name} must be a table ({cls.__name__}), got {section!r}")
+        out[name] = section
+    return tuple(sorted(out.items()))
+
+
 # ---- dataclasses ------------------------------------------------------------------------------------
 
 
@@ -242,15 +286,20 @@ def from_mapping(cls, mapping: Mapping[str, Any], *, source: str = "config", wha
         where = f" {prefix[:-1]}" if prefix else ""
         raise ValueError(f"{source}:{where} must be a table (mapping), got {type(mapping).__name__}")
     ignore, exclude = set(ignore), set(exclude)
-    fields = [f for f in _fields(cls) if f.name not in exclude]
+    section_field, section_types = _sections_of(cls)
+    fields = [f for f in _fields(cls) if f.name not in exclude and f is not section_field]
     names = [f.name for f in fields]
     keys = [k for k in mapping if k not in ignore and not (skip_private and str(k).startswith("_"))]
-    check_keys(keys, names, source=source, what=what, prefix=prefix)
+    sections = [k for k in keys if k in section_types and k not in names]
+    check_keys(keys, names + [k for k in section_types if k not in names], source=source, what=what, prefix=prefix)
     missing = [f.name for f in fields if not _has_default(f) and f.name not in mapping]
     if missing:
         raise ValueError(f"{source}: missing key(s) {', '.join(repr(prefix + m) for m in missing)}")
     hints = typing.get_type_hints(cls)
-    values = {k: coerce(mapping[k], hints[k], path=prefix + k, source=source) for k in keys}
+    values = {k: coerce(mapping[k], hints[k], path=prefix + k, source=source) for k in keys if k not in sections}
+    if sections:
+        values[section_field.name] = _build_sections(section_types, {k: mapping[k] for k in sections},
+                                                     source=source, prefix=prefix)
     try:
         return cls(**values)
     except ValueError as err:
@@ -288,10 +337,16 @@ def coerce_fields(obj, *, source: str | None = None) -> None:
     """Converts every field of the (frozen) dataclass ``obj`` in place by its type hint; for
     ``__post_init__``, so direct construction is checked like :func:`from_mapping`."""
     cls = type(obj)
+    source = source or cls.__name__
     hints = typing.get_type_hints(cls)
+    section_field, section_types = _sections_of(cls)
     for f in _fields(cls):
         value = getattr(obj, f.name)
-        object.__setattr__(obj, f.name, coerce(value, hints[f.name], path=f.name, source=source or cls.__name__))
+        if f is section_field:
+            value = _build_sections(section_types, value, source=source)
+        else:
+            value = coerce(value, hints[f.name], path=f.name, source=source)
+        object.__setattr__(obj, f.name, value)
 
 
 def _plain(value):
@@ -308,8 +363,12 @@ def _plain(value):
 
 def to_mapping(obj) -> dict:
     """The JSON-able mapping of a config dataclass (every init field, tuples as lists, sections as
-    nested dicts); ``from_mapping(type(obj), to_mapping(obj)) == obj``."""
-    return {f.name: _plain(getattr(obj, f.name)) for f in _fields(type(obj))}
+    nested dicts, each set registered section as its own key); ``from_mapping(type(obj), to_mapping(obj)) == obj``."""
+    section_field, _ = _sections_of(type(obj))
+    out = {f.name: _plain(getattr(obj, f.name)) for f in _fields(type(obj)) if f is not section_field}
+    if section_field is not None:
+        out.update((name, to_mapping(section)) for name, section in getattr(obj, section_field.name))
+    return out
 
 
 def merge(base: Mapping, overrides: Mapping) -> dict:

@@ -222,21 +222,6 @@ def _differences(a: dict, b: dict, a_name: str, b_name: str) -> list[str]:
             for k in sorted(set(fa) | set(fb)) if fa.get(k) != fb.get(k)]
 
 
-def _expected_identity(denoiser, features, config, seed, batch_size, per_device_batch, mesh_shape, devices) -> dict:
-    """The identity :func:`~jaxmia.features.extract` will record, computed without running it."""
-    from jaxmia.features import runner
-    from jaxmia.features.config import FeatureConfig, make_config
-    from jaxmia.features.extract import run_identity
-    from jaxmia.features.registry import parse_features, plan_columns
-
-    cfg = config if isinstance(config, FeatureConfig) else make_config(config)
-    names = parse_features(features)
-    n_devices = len(jax.local_devices() if devices is None else list(devices))
-    n_data = runner.resolve_mesh_shape(mesh_shape, n_devices)[0]
-    pdb, step = runner.resolve_batching(batch_size, per_device_batch, n_data)
-    return run_identity(names, plan_columns(names, cfg), cfg, seed, denoiser, step, pdb)
-
-
 def _reusable_shard(path: Path, identity: dict, info: dict) -> Optional[FeatureTable]:
     """The complete shard at ``path`` if it was made by this very run layout; None if absent."""
     if not path.exists():
@@ -282,7 +267,9 @@ def extract_sharded(denoiser, data, features="cdi", *, out, layout: Optional[Pro
     Returns:
       A :class:`ShardedRun`. With P = 1 this is a plain ``extract(out=out)``.
     """
-    from jaxmia.features import extract, runner
+    from jaxmia import runtime
+    from jaxmia.features import extract
+    from jaxmia.features.extract import resolve_run
 
     if layout is None:
         layout = ProcessLayout(jax.process_index(), jax.process_count(), jax.process_count() > 1)
@@ -297,13 +284,17 @@ def extract_sharded(denoiser, data, features="cdi", *, out, layout: Optional[Pro
         table = extract(denoiser, data, out=out, **kwargs)
         return ShardedRun(layout, table, None, False, Path(out), table)
 
-    data = runner.as_dataset(data)
+    data = runtime.as_dataset(data)
     share = share_of(data.ids, layout.process_id, layout.num_processes)
     position = {sid: row for row, sid in enumerate(data.ids)}
     info = {"index": layout.process_id, "count": layout.num_processes, "n_total": len(data.ids),
             "ids_sha256": ids_digest(data.ids), "ids": share, "rows": [position[i] for i in share]}
     path = shard_path(out, layout.process_id, layout.num_processes)
-    identity = _expected_identity(denoiser, features, config, seed, batch_size, per_device_batch, mesh_shape, devices)
+    # The identity extract() will record (the same resolution: batching, memory fit), to check a finished shard.
+    identity = resolve_run(denoiser, data, features, config=config, seed=seed, batch_size=batch_size, devices=devices,
+                           per_device_batch=per_device_batch, mesh_shape=mesh_shape,
+                           **{k: extract_kwargs[k] for k in ("shard_min_size", "device_memory") if k in extract_kwargs}
+                           ).identity
     table = _reusable_shard(path, identity, info) if resume else None
     reused = table is not None
     if not reused:

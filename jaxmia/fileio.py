@@ -1,4 +1,4 @@
-"""Reading user files safely: ``.npz`` arrays without pickles, and file digests for provenance."""
+"""Reading user files safely: `.npz` arrays without pickles, labels files, and file digests for provenance."""
 
 from __future__ import annotations
 
@@ -53,3 +53,25 @@ def read_json(path, *, what: str = "JSON file") -> dict:
     if not isinstance(data, dict):
         raise ValueError(f"{path}: expected a JSON object, got {type(data).__name__}")
     return data
+
+
+def load_labels(path) -> dict[str, int]:
+    """Reads a labels file: a JSON object mapping each image id to 1 (member) or 0 (non-member).
+
+    One format (docs/inference.md), e.g. ``{"img_0001": 1, "img_0002": 0}``; read by ``jaxmia mia``
+    (:func:`jaxmia.mia.mia_from_files`) and :func:`jaxmia.data.cifar10.split_feature_table`.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"labels file not found: {path}")
+    try:
+        labels = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path}: not a JSON labels file ({err})") from None
+    if not isinstance(labels, dict) or not labels:
+        raise ValueError(f"{path}: expected a non-empty JSON object mapping id to 0/1")
+    bad = [k for k, v in labels.items() if v not in (0, 1) or isinstance(v, float) and v not in (0.0, 1.0)]
+    if bad:
+        raise ValueError(f"{path}: label of id {bad[0]!r} is {labels[bad[0]]!r}; labels must be 0 or 1")
+    return {str(k): int(v) for k, v in labels.items()}
+

@@ -23,7 +23,7 @@ caller gives), ``extract()`` runs the largest per-device batch that fits instead
 chunk, and says so. Bits: the features are those of the per-device batch that ran; it is the one
 recorded in the run's identity (``per_device_batch``), so a resumed or merged run compares like
 with like, and a run on a device where the requested batch fits gives the requested batch's bits
-(which agree with the smaller batch's to float rounding; runner.py's docstring).
+(which agree with the smaller batch's to float rounding; jaxmia/runtime.py's docstring).
 """
 
 from __future__ import annotations

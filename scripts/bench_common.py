@@ -194,7 +194,7 @@ def demo_target(n_images: int) -> Target:
     """The bundled demo target (UNet2DModel on 8x8x1 digits) and the first ``n_images`` digits."""
     from jaxmia.data import DEMO_TARGET, load_dataset
     from jaxmia.models import load_denoiser
-    from jaxmia.models.io import read_json
+    from jaxmia.fileio import read_json
 
     if not (DEMO_TARGET / "recipe.json").is_file():
         raise FileNotFoundError(f"{DEMO_TARGET}/recipe.json: demo target not trained yet "

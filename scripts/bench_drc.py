@@ -58,7 +58,7 @@ class DRCBatches:
         self.compiled, self.compile_s = bc.timed(lambda: program.lower(*self._args(*self.batches[0])).compile())
 
     def _args(self, x, h):
-        return (self.placed.denoiser, x, None, h, None, self.placed.root)
+        return (self.placed.denoiser, x, None, self.placed.root, h)
 
     def run(self) -> dict:
         """{metric: (N, R)} raw scores, one call of the compiled program per batch."""

@@ -47,12 +47,12 @@ from typing import Callable, NamedTuple
 import click
 import numpy as np
 
-from jaxmia.inference import curves, evaluate_mia, scoring
+from jaxmia.inference import curves, scoring
+from jaxmia.mia import evaluate_mia
 from jaxmia.table import FeatureTable
 
 REPO = Path(__file__).resolve().parent.parent
 ALPHA = 0.01
-SINGLE_ATTACKS = ("dl", "secmi", "pia", "pian")  # the four single-image statistics inside the CDI vector
 ATTACK_LABELS = {
     "dl": "loss (DL: t = 100, 5 draws, L2)",
     "secmi": "SecMI_stat (t = 100, k = 10)",
@@ -61,18 +61,7 @@ ATTACK_LABELS = {
     "drc": "DRC-style (jaxmia recipe; mean z of PSNR)",
     "cdi_score": "CDI scoring model per image (26 features, cross-fitted)",
 }
-GROUP_LABELS = {
-    "all": "all 26 features (CDI)",
-    "mia": "existing MIAs (dl, secmi, pia, pian)",
-    "new": "new features only (GM + ML + NO)",
-    "gm": "gradient masking (10)",
-    "ml": "multiple loss (10)",
-    "no": "noise optimisation (2)",
-    "dl": "dl alone",
-    "secmi": "secmi alone",
-    "pia": "pia alone",
-    "pian": "pian alone",
-}
+ABLATION_GROUPS = ("all", "mia", "new", "gm", "ml", "no")  # registry groups of the ablation, in table order
 
 
 # ---- what is run -----------------------------------------------------------------------------------
@@ -435,19 +424,120 @@ def drc_scores(denoiser, data, labels: dict, size: Size, out: Path, *, progress:
     }, ran
 
 
+# ---- stage 3b: the shift table (issue 16; docs/inference.md §11) ------------------------------------
+
+# Per size: non-members used (half processed = P, half as they are = U), n per side, resamples, B.
+SHIFT_SETTINGS = {"default": {"pool": 600, "ns": (25, 50, 100), "reps": 100, "permutations": 199},
+                  "tiny": {"pool": 24, "ns": (10,), "reps": 10, "permutations": 199}}  # smoke size: keeps the quick study short
+
+
+def shift_table(denoiser, data, labels: dict, size: Size, out: Path, *, progress: bool) -> tuple[dict, bool]:
+    """How often processing alone makes the model test (and the blind baseline) say "trained".
+
+    ``scripts/shift_table.py`` on the study's images: a seeded ``pool`` of the target's non-members
+    (``_seeded_subset(..., [seed, 5])``), the first half processed (``jaxmia.shift.processing``, the
+    audit's default sensitivity list) and the second as U; resample (n, rep) takes
+    ``default_rng([seed, n, rep]).permutation(half)[:n]`` of each half; the default (hybrid) test on the
+    study's CDI features and on the blind pixel features. Feature tables cached under ``out``; the
+    table itself in ``out/shift.json``, keyed by its inputs.
+    """
+    from jaxmia.data import Dataset
+    from jaxmia.inference import curves
+    from jaxmia.shift import apply_processing, blind_table
+    from jaxmia.shift.processing import DEFAULT_SENSITIVITY
+
+    cfg = SHIFT_SETTINGS[size.name]
+    nonmembers = [i for i in data.ids if labels[i] == 0]
+    half = min(cfg["pool"], len(nonmembers)) // 2
+    chosen = _seeded_subset(nonmembers, 2 * half, [size.seed, 5])
+    order = [chosen[k] for k in np.random.default_rng([size.seed, 5]).permutation(len(chosen))]
+    where = {i: k for k, i in enumerate(data.ids)}
+    images = data.images[[where[i] for i in order]]
+    s_ids, u_ids = order[:half], order[half:]
+    ns = [n for n in cfg["ns"] if n <= half]
+    key = digest({"settings": cfg, "specs": list(DEFAULT_SENSITIVITY), "ids": order, "model": denoiser.digest,
+                  "config": jsonable(size.stats_settings()), "features": jsonable(dict(size.feature_overrides))})
+    cache = out / "shift.json"
+    if cache.is_file() and json.loads(cache.read_text()).get("key") == key:
+        return json.loads(cache.read_text())["table"], False
+    u_set = Dataset(u_ids, images[half:], None, "shift U")
+    xu = cdi_features(denoiser, u_set, size, out / "u.npz", progress=progress)[0].rows(u_ids).values
+    bu = blind_table(u_set.ids, u_set.images).values
+    rows = []
+    for spec in ["none", *DEFAULT_SENSITIVITY]:
+        ids = s_ids if spec == "none" else [f"{spec}|{i}" for i in s_ids]
+        ds = Dataset(ids, images[:half] if spec == "none" else apply_processing(spec, images[:half]), None, spec)
+        xs = cdi_features(denoiser, ds, size, out / f"s-{spec.replace(':', '_')}.npz", progress=progress)[0]
+        xs, bs = xs.rows(ids).values, blind_table(ds.ids, ds.images).values
+        row = {"processing": spec}
+        for n in ns:
+            take = np.stack([np.random.default_rng([size.seed, n, r]).permutation(half)[:n] for r in range(cfg["reps"])])
+            seeds = [(size.seed, n, r) for r in range(cfg["reps"])]
+            for name, a, b in (("model", xs, xu), ("blind", bs, bu)):
+                p = curves.batched_pvalues(a[take], b[take], "hybrid", seeds, permutations=cfg["permutations"])
+                row[f"{name}_n{n}"] = float((p <= ALPHA).mean())
+        rows.append(row)
+    table = {"rows": rows, "ns": ns, "half": half, **{k: v for k, v in cfg.items() if k != "ns"}}
+    cache.write_text(json.dumps({"key": key, "table": table}))
+    return table, True
+
+
+def _shift_text(shift: dict) -> str:
+    """The section of the shift table (one per target that ran the stage)."""
+    out = []
+    for name, t in shift.items():
+        ns = t["ns"]
+        out += [f"Target `{name}`: {2 * t['half']} non-members, one half processed (P), the other half as they are "
+                f"(U); {t['reps']} resamples per cell; the default (hybrid, B = {t['permutations']}) test on the CDI "
+                "features (model test) and on the blind pixel features (blind baseline); rejection rates at "
+                f"α = {ALPHA}. Both sides are non-members, so every rejection of the model test is processing "
+                "mistaken for training (the audit reports it as inconclusive when the blind test also rejects; "
+                "docs/inference.md §11).", "",
+                "| processing (of P only) | " + " | ".join(f"model test, n = {n}" for n in ns) + " | "
+                + " | ".join(f"blind baseline, n = {n}" for n in ns) + " |",
+                "|---|" + "---|" * (2 * len(ns))]
+        for r in t["rows"]:
+            out.append(f"| {r['processing']} | " + " | ".join(f"{r[f'model_n{n}']:.0%}" for n in ns) + " | "
+                       + " | ".join(f"{r[f'blind_n{n}']:.0%}" for n in ns) + " |")
+        out.append("")
+    return "\n".join(out)
+
+
 # ---- stage 4: statistics (NumPy only) --------------------------------------------------------------
 
 
-def feature_groups(names) -> dict[str, list]:
-    """The feature subsets of the ablation: all, existing MIAs, new (GM + ML + NO), each family, each attack."""
+def feature_groups(names, size: "Size | None" = None) -> dict[str, list]:
+    """The feature subsets of the ablation: all, existing MIAs, new (GM + ML + NO), each family, each attack.
+
+    The groups are the signal registry's (:func:`jaxmia.features.registry.plan_groups` of the ``cdi``
+    signal under the study's feature config), restricted to the columns ``names`` holds.
+    """
+    from jaxmia.features import FeatureConfig
+    from jaxmia.features.registry import plan_groups
+
     names = list(names)
-    mia = [c for c in SINGLE_ATTACKS if c in names]
-    gm = [c for c in names if c.startswith("gm_")]
-    ml = [c for c in names if c.startswith("ml_")]
-    no = [c for c in names if c.startswith("no_")]
-    groups = {"all": mia + gm + ml + no, "mia": mia, "new": gm + ml + no, "gm": gm, "ml": ml, "no": no}
-    groups.update({c: [c] for c in mia})
+    registry = plan_groups(["cdi"], FeatureConfig() if size is None else feature_config(size))
+    groups = {g: [c for c in registry.get(g, []) if c in names] for g in ABLATION_GROUPS}
+    groups.update({c: [c] for c in groups["mia"]})
     return {k: v for k, v in groups.items() if v}
+
+
+def single_attacks(groups: dict) -> list:
+    """The single-image statistics of the CDI vector: the columns of the registry's ``mia`` group."""
+    return list(groups.get("mia", []))
+
+
+def group_label(group: str, columns) -> str:
+    """A group's row label in the document: its registry description and its size."""
+    from jaxmia.features.registry import GROUP_DOCS
+
+    columns = list(columns)
+    if group == "all":
+        return f"all {len(columns)} features (CDI)"
+    if columns == [group]:
+        return f"{group} alone"
+    listed = ", ".join(columns) if len(columns) <= 4 else str(len(columns))
+    return f"{GROUP_DOCS.get(group, group)} ({listed})"
 
 
 def crossfit_member_scores(x: np.ndarray, is_member: np.ndarray, *, folds: int, seed: int) -> np.ndarray:
@@ -487,9 +577,9 @@ def mia_statistics(data: TargetData, size: Size) -> dict:
     table, labels = data.table, data.labels
     ids = table.ids.tolist()
     is_member = np.array([labels[i] == 1 for i in ids])
-    groups = feature_groups(table.names)
+    groups = feature_groups(table.names, size)
     cdi = crossfit_member_scores(table.select(groups["all"]).values, is_member, folds=size.folds, seed=size.seed)
-    attacks = [c for c in SINGLE_ATTACKS if c in table.names]
+    attacks = single_attacks(groups)
     scores = FeatureTable(table.ids, tuple(attacks) + ("cdi_score",),
                           np.column_stack([table.select(attacks).values, cdi]))
     main = _mia_summary(evaluate_mia(scores, labels, lower_is_member=attacks, higher_is_member=["cdi_score"]))
@@ -523,7 +613,7 @@ def paired_pools(data: TargetData, seed: int) -> tuple[np.ndarray, np.ndarray, l
 def _split_curve_tasks(name: str, data: TargetData, size: Size) -> dict:
     xm, xn, names = paired_pools(data, size.seed)
     tasks = {}
-    for group, cols in feature_groups(names).items():
+    for group, cols in feature_groups(names, size).items():
         idx = [names.index(c) for c in cols]
         grid = None if size.curve_grid is None else tuple(n for n in size.curve_grid if n <= len(xm))
         tasks[f"{name}|split|{group}"] = functools.partial(
@@ -534,7 +624,7 @@ def _split_curve_tasks(name: str, data: TargetData, size: Size) -> dict:
 
 def _null_and_contamination_tasks(name: str, data: TargetData, size: Size) -> dict:
     table, labels = data.table, data.labels
-    cols = feature_groups(table.names)["all"]
+    cols = feature_groups(table.names, size)["all"]
     ids = table.ids.tolist()
     x = table.select(cols).values
     members = x[[labels[i] == 1 for i in ids]]
@@ -560,7 +650,7 @@ def best_single_attack(split_curves: dict, mia: dict) -> str:
         needed = split_curves[a]["samples_needed"]
         return (needed if needed is not None else float("inf"), -mia["main"]["columns"][a]["auc"])
 
-    return min([a for a in SINGLE_ATTACKS if a in split_curves], key=key)
+    return min([a for a in mia["main"]["columns"] if a != "cdi_score" and a in split_curves], key=key)
 
 
 def claim_samples(tpr: float, fpr: float, alpha: float = ALPHA, n_max: int = 5000):
@@ -601,7 +691,8 @@ def study_statistics(inputs: dict[str, TargetData], size: Size, *, jobs: int) ->
         split = {k.split("|")[2]: jsonable(v.to_dict()) for k, v in results.items() if k.startswith(f"{name}|split|")}
         out[name]["curves_split"] = split
         out[name]["pairs"] = int(len(paired_pools(inputs[name], size.seed)[0]))
-        out[name]["n_features"] = len(feature_groups(inputs[name].table.names)["all"])
+        out[name]["groups"] = feature_groups(inputs[name].table.names, size)
+        out[name]["n_features"] = len(out[name]["groups"]["all"])
         null = {}
         for test in ("permutation", "cdi_reference"):
             r = dict(results[f"{name}|null|{test}"])
@@ -619,7 +710,7 @@ def study_statistics(inputs: dict[str, TargetData], size: Size, *, jobs: int) ->
         xm, xn, names = paired_pools(inputs[name], size.seed)
         grid = tuple(n for n in size.perm_grid if n <= len(xm))
         for group in ("all", out[name]["best_single"]):
-            idx = [names.index(c) for c in feature_groups(names)[group]]
+            idx = [names.index(c) for c in feature_groups(names, size)[group]]
             headline_tasks[f"{name}|{group}"] = functools.partial(
                 curves.sample_count_curve, xm[:, idx], xn[:, idx], grid=grid, reps=size.perm_reps, seed=size.seed,
                 test="permutation", permutations=size.perm_permutations, alpha=ALPHA)
@@ -685,12 +776,12 @@ def make_figures(stats: dict, targets: list[dict], fig_dir: Path, size: Size) ->
             m = s["mia"]["drc"]["columns"]["drc"]
             rocs["drc"] = SimpleNamespace(fpr=m["roc"]["fpr"], tpr=m["roc"]["tpr"], n_neg=m["n_neg"])
         paths[f"roc_{name}"] = plot_roc_curves(rocs, fig_dir / f"roc_{name}.png", title=f"ROC, target '{name}'")
-        shown = {GROUP_LABELS[g]: s["curves_split"][g] for g in ("all", "mia", "new", s["best_single"])
+        shown = {group_label(g, s["groups"][g]): s["curves_split"][g] for g in ("all", "mia", "new", s["best_single"])
                  if g in s["curves_split"]}
         paths[f"pvalue_{name}"] = plot_pvalue_curve(
             shown, fig_dir / f"pvalue_{name}.png", title=f"target '{name}': split test, {_reps(s)} resamples per n")
         if "curves_permutation" in s:
-            shown = {GROUP_LABELS[g]: c for g, c in s["curves_permutation"].items()}
+            shown = {group_label(g, s["groups"][g]): c for g, c in s["curves_permutation"].items()}
             paths[f"headline_{name}"] = plot_pvalue_curve(
                 shown, fig_dir / f"pvalue_permutation_{name}.png",
                 title=f"target '{name}': permutation test (B = {size.perm_permutations})")
@@ -838,9 +929,9 @@ def write_markdown(doc: Path, stats: dict, targets: list[dict], header: dict, si
     add("")
     add("| feature group | " + " | ".join(f"`{n}` ({stats[n]['pairs']} pairs)" for n in order) + " |")
     add("|---|" + "---|" * len(order))
-    for g in GROUP_LABELS:
+    for g, cols in stats[order[0]]["groups"].items():
         if all(g in stats[n]["curves_split"] for n in order):
-            add(f"| {GROUP_LABELS[g]} | " + " | ".join(_needed(stats[n]["curves_split"][g]) for n in order) + " |")
+            add(f"| {group_label(g, cols)} | " + " | ".join(_needed(stats[n]["curves_split"][g]) for n in order) + " |")
     add("")
     for n in order:
         add(_img(figures[f"pvalue_{n}"], doc, f"p-value vs samples, target {n}"))
@@ -870,7 +961,13 @@ def write_markdown(doc: Path, stats: dict, targets: list[dict], header: dict, si
     add(_img(figures["null"], doc, "null calibration"))
     add("")
 
-    add("## 6. Settings")
+    if header.get("shift"):
+        add("## 6. Shift: processing alone, mistaken for training")
+        add("")
+        add(_shift_text(header["shift"]))
+        add("")
+
+    add("## 7. Settings" if header.get("shift") else "## 6. Settings")
     add("")
     add(_settings_text(header, size))
     add("")
@@ -958,7 +1055,7 @@ def _mia_method_text(header: dict, size: Size) -> str:
     return (
         "Every member and the non-members listed per table are scored by each statistic (the `cdi` feature "
         "preset of `jaxmia.features`, seed 0; lower = member for loss, SecMI, PIA and PIAN). Metrics come from "
-        "the exact ROC (`jaxmia.inference.evaluate_mia`, docs/methods/mia.md §2.3). **CDI score** is the CDI "
+        "the exact ROC (`jaxmia.mia.evaluate_mia`, docs/methods/mia.md §2.3). **CDI score** is the CDI "
         f"scoring model (standardiser + L2 logistic regression on all 26 features) applied per image with "
         f"{size.folds}-fold stratified cross-fitting: each image is scored by a model fitted on the other folds' "
         "labelled members and non-members, never on itself. Unlike the four statistics it is *supervised*: it "
@@ -969,7 +1066,9 @@ def _mia_method_text(header: dict, size: Size) -> str:
         f"DDIM, strength {size.drc_strength:g}, {size.drc_steps} steps), scores PSNR on the hole, and averages "
         "the per-task z-scores fitted on separate calibration non-members. It costs "
         f"{len(size.drc_kinds) * len(size.drc_ratios) * size.drc_steps} network calls per image, so it runs on a "
-        "seeded subset; the last column gives every attack's AUC on exactly that subset.")
+        "seeded subset; the last column gives every attack's AUC on exactly that subset. Which restoration and "
+        "comparison make DRC work, and the label-free `drc_score` of `jaxmia drc`, are measured by "
+        "`python scripts/drc_ablation.py` in `docs/results/drc_ablation.md`.")
 
 
 def _mia_table(mia: dict) -> str:
@@ -999,11 +1098,12 @@ def _auc(stats, n, col):
 
 def _mia_comparison(stats: dict, by_name: dict, order: list) -> str:
     """What matches the published numbers, what does not, and why (every number from this run)."""
-    aucs = {n: {c: _auc(stats, n, c) for c in SINGLE_ATTACKS} for n in order}
+    attacks = single_attacks(stats[order[0]]["groups"])
+    aucs = {n: {c: _auc(stats, n, c) for c in attacks} for n in order}
     best = {n: max(aucs[n], key=aucs[n].get) for n in order}
     ref = "demo" if "demo" in order else order[len(order) // 2]
-    ranked = sorted(SINGLE_ATTACKS, key=lambda c: -aucs[ref][c])
-    monotone = all(aucs[a][c] >= aucs[b][c] for a, b in zip(order, order[1:]) for c in SINGLE_ATTACKS)
+    ranked = sorted(attacks, key=lambda c: -aucs[ref][c])
+    monotone = all(aucs[a][c] >= aucs[b][c] for a, b in zip(order, order[1:]) for c in attacks)
     best_monotone = all(aucs[a][best[a]] >= aucs[b][best[b]] for a, b in zip(order, order[1:]))
     passes = ", ".join(f"`{n}` {by_name[n]['passes']:.0f}" for n in order)
     lo_pass, hi_pass = min(by_name[n]["passes"] for n in order), max(by_name[n]["passes"] for n in order)
@@ -1013,7 +1113,7 @@ def _mia_comparison(stats: dict, by_name: dict, order: list) -> str:
                  "the best statistic loses AUC" if best_monotone else "the AUCs do not fall consistently")
         parts.append(
             f"**Memorisation strength.** From the most to the least passes per member ({passes}), {trend}: "
-            + "; ".join(f"`{n}`: " + ", ".join(f"{c} {aucs[n][c]:.3f}" for c in SINGLE_ATTACKS) for n in order)
+            + "; ".join(f"`{n}`: " + ", ".join(f"{c} {aucs[n][c]:.3f}" for c in attacks) for n in order)
             + ". "
             + ("This matches the published picture that membership signals grow with training length per "
                "example (LiRA's TPR@1% rises from 5% to 99% with it, docs/methods/mia.md §5)."
@@ -1032,7 +1132,7 @@ def _mia_comparison(stats: dict, by_name: dict, order: list) -> str:
            "the CDI authors also found PIAN the weakest of the four on their large models (TPR@1% 1.53%, "
            "docs/methods/mia.md §5). We have not isolated why; PIAN rescales ε_θ(x0, 0) to the mean |·| of a "
            "Gaussian, a plausible poor fit for 64-pixel digits with a constant background. "
-           if aucs[ref]["pian"] < min(aucs[ref][c] for c in SINGLE_ATTACKS if c != "pian") else "")
+           if "pian" in attacks and aucs[ref]["pian"] < min(aucs[ref][c] for c in attacks if c != "pian") else "")
     )
     n_neg = stats[ref]["mia"]["main"]["n_nonmembers"]
     drc_parts = [f"`{n}` {_auc(stats, n, 'drc'):.3f}" for n in order if _auc(stats, n, "drc") is not None]
@@ -1121,7 +1221,7 @@ def _headline_text(s: dict, name: str, size: Size) -> str:
 def _claims(s: dict) -> list:
     """(attack, fpr, images needed) for every single attack at 1% and 0.1% FPR (:func:`claim_samples`)."""
     out = []
-    for attack in SINGLE_ATTACKS:
+    for attack in single_attacks(s["groups"]):
         col = s["mia"]["main"]["columns"].get(attack)
         if col is None:
             continue
@@ -1365,7 +1465,7 @@ def run_study(size: Size, work: Path, doc: Path, *, jobs: int, progress: bool, c
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
     watch = Stopwatch(size_dir / "timings.json")
     specs = [t for t in size.targets if not only or t.name in only]
-    targets, inputs, notes, devices = [], {}, {}, []
+    targets, inputs, notes, devices, shift = [], {}, {}, [], {}
     for spec in specs:
         with watch.stage(f"train {spec.name}") as stage:
             info = ensure_target(spec, work, progress=progress)
@@ -1386,6 +1486,11 @@ def run_study(size: Size, work: Path, doc: Path, *, jobs: int, progress: bool, c
             drc, stage.computed = drc_scores(denoiser, data, labels, size, size_dir / "features" / spec.name / "drc",
                                              progress=progress)
         notes[f"drc {spec.name}"] = f"{len(drc['ids']) + drc['n_calibration']} images"
+        if spec.name in size.headline_targets:
+            with watch.stage(f"shift {spec.name}") as stage:
+                shift[spec.name], stage.computed = shift_table(denoiser, data, labels, size,
+                                                               size_dir / "features" / spec.name / "shift",
+                                                               progress=progress)
         inputs[spec.name] = TargetData(table, labels, drc)
 
     with watch.stage("statistics") as stage:
@@ -1416,6 +1521,7 @@ def run_study(size: Size, work: Path, doc: Path, *, jobs: int, progress: bool, c
             "stage_notes": notes,
             "stages": watch.stages,
             "record": watch.record,
+            "shift": shift,
         }
         figures = make_figures(stats, targets, doc.parent / doc.stem, size)
         header.update(total_wall_s=time.perf_counter() - start, load_end=_loadavg())

@@ -14,7 +14,7 @@ import numpy as np
 
 from jaxmia.data import Dataset, DEMO_TARGET, digits
 from jaxmia.features import extract
-from jaxmia.inference import evaluate_mia
+from jaxmia.mia import evaluate_mia
 from jaxmia.models import load_denoiser
 
 LOWER_IS_MEMBER = ("dl", "secmi", "pia", "pian")

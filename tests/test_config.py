@@ -270,8 +270,8 @@ def test_audit_and_demo_commands_set(monkeypatch, tmp_path):
         captured["audit"] = cfg
         return report
 
-    def run_demo(out, cfg, quiet=False):
-        captured["demo"] = cfg
+    def run_demo(out, cfg, quiet=False, target="demo"):
+        captured["demo"], captured["target"] = cfg, target
         return {"guilty": report, "innocent": report}
 
     monkeypatch.setattr(jaxmia.audit, "run_audit", run_audit)
@@ -285,6 +285,13 @@ def test_audit_and_demo_commands_set(monkeypatch, tmp_path):
         20, (0.2, 0.3), "squared_l2", "loss,secmi", 0.05)
     res = CliRunner().invoke(main, ["demo", "--out", str(tmp_path), "--set", "audit.null_splits=7"])
     assert res.exit_code == 0, res.output
-    assert captured["demo"].audit.null_splits == 7
+    assert captured["demo"].audit.null_splits == 7 and captured["target"] == "demo"
+    # a signal's own section under [features] (the registry's drc section), on the RGB target's config
+    res = CliRunner().invoke(main, ["demo", "--target", "rgb", "--out", str(tmp_path), "--set", "features.drc.steps=3",
+                                    "--set", "features.drc.ratios=0.25"])
+    assert res.exit_code == 0, res.output
+    drc = captured["demo"].features.section("drc")
+    assert captured["target"] == "rgb" and (drc.steps, drc.ratios) == (3, (0.25,))
+    assert captured["demo"].to_dict()["features"]["drc"]["steps"] == 3
     bad = CliRunner().invoke(main, ["demo", "--out", str(tmp_path), "--set", "audit.null_split=7"])
     assert bad.exit_code == 2 and "demo.toml + overrides: unknown key(s) 'audit.null_split' (did you mean 'audit.null_splits'" in bad.output

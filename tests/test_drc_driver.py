@@ -59,7 +59,7 @@ def test_scores_invariant_to_batch_size_and_devices(tmp_path, rng):
     a3 = run_drc(den, data, CFG, tmp_path / "a3", batch_size=3, devices=jax.devices()[:1], evidence=0, progress=False)
     b = run_drc(den, data, CFG, tmp_path / "b", batch_size=3, evidence=0, progress=False)  # 2 devices
     ta, ta3, tb = load_table(a["table"]), load_table(a3["table"]), load_table(b["table"])
-    assert ta.names == tb.names == tuple(COLUMNS(CFG))
+    assert ta.names == tb.names == tuple(COLUMNS(CFG)) + ("drc_score",)
     assert ta.ids.tolist() == tb.ids.tolist() == data.ids
     np.testing.assert_array_equal(ta.values, ta3.values)  # same compiled program: bit-identical
     # Each device runs the same per-device shape, but in another compiled program: equal to rounding.
@@ -102,7 +102,7 @@ def test_members_rank_first_with_evidence_and_calibrated_aggregation(tmp_path, r
     h = jrng.id_hashes(["non1"])[0]
     den = analytic_denoiser(train, SCHEDULE)
     one = jax.jit(drc_features, static_argnums=5)(den, jnp.asarray(data.images[4]), None, h, jrng.root_key(0), cfg)
-    assert_close_across_programs(np.array([[float(one[c]) for c in COLUMNS(cfg)]]), table.values[4:5],
+    assert_close_across_programs(np.array([[float(one[c]) for c in COLUMNS(cfg)]]), table.select(COLUMNS(cfg)).values[4:5],
                                  err_msg="one example under jit vs the driver's program")
     meta = json.loads((tmp_path / "drc_scores.npz.json").read_text())
     assert meta["method"] == "DRC-style (jaxmia recipe)" and meta["drc"]["config"]["steps"] == 3
@@ -149,7 +149,7 @@ def test_user_holes_and_embedding_cosine(tmp_path, rng):
     out = run_drc(den, data, cfg, tmp_path, holes=np.array([[1, 1, 4, 4], [2, 2, 3, 5]]), embed_fn=embed,
                   evidence=0, progress=False)
     table = load_table(out["table"])
-    assert table.names == ("drc_mse_user", "drc_cos_user")
+    assert table.names == ("drc_mse_user", "drc_cos_user", "drc_score")
     assert table.column("drc_mse_user")[0] < 1e-10 and table.column("drc_cos_user")[0] == pytest.approx(1.0)
     other = -x_star.copy()
     other[2:5, 2:7] = x_star[2:5, 2:7]  # the hole of "other" is filled with x*
@@ -171,7 +171,9 @@ def test_cli_drc(tmp_path, rng, monkeypatch):
     assert result.exit_code == 0, result.output
     assert "2 network calls per image" in result.output
     table = load_table(tmp_path / "out" / "drc_scores.npz")
-    assert table.names == ("drc_mse_center_r25", "drc_psnr_center_r25", "drc_ssim_center_r25")
+    assert table.names == ("drc_mse_center_r25", "drc_psnr_center_r25", "drc_ssim_center_r25", "drc_score")
+    psnr = table.column("drc_psnr_center_r25").astype(np.float64)  # one task: drc_score = z of its psnr
+    np.testing.assert_allclose(table.column("drc_score"), (psnr - psnr.mean()) / psnr.std(), rtol=1e-6)
     assert not (tmp_path / "out" / "evidence").exists()
     bad = CliRunner().invoke(main, ["drc", "m", str(npz), "--out", str(tmp_path / "o2"), "--ratios", "0.25,x"])
     assert bad.exit_code == 2 and "--ratios" in bad.output

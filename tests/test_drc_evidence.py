@@ -27,7 +27,7 @@ def test_evidence_grid_panels(tmp_path, rng, shape):
     labels = ["center_r10  psnr 12.3", "patches_r30  psnr 8.1"]
     path = E.evidence_grid(image, masks, restored, tmp_path / "a.png", row_labels=labels)
     scale = E.auto_scale(h, w)
-    assert scale == -(-96 // max(h, w))
+    assert scale == -(-128 // max(h, w)) and max(h, w) * scale >= E.MIN_PANEL == 128
     png = Image.open(path)
     assert png.mode == ("L" if c == 1 else "RGB")
     assert png.size == _expected_size(h, w, 2, scale, E.CAPTION)

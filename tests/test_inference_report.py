@@ -7,16 +7,21 @@ import pytest
 from click.testing import CliRunner
 
 from jaxmia.cli import main
-from jaxmia.inference import CDI_FEATURES, CdiConfig, config_from_dict, evaluate_mia, run_cdi
+from jaxmia.features import FeatureConfig
+from jaxmia.features.registry import plan_groups
+from jaxmia.inference import CdiConfig, config_from_dict, evaluate_mia, run_cdi
 from jaxmia.inference import report as report_mod
 from jaxmia.table import FeatureTable, save_table
+
+GROUPS = plan_groups(["cdi"], FeatureConfig())  # the table meta `jaxmia features --features cdi` writes
+CDI_FEATURES = tuple(GROUPS["all"])
 
 
 def _tables(rng, n_p=60, n_u=60, shift=1.5, names=CDI_FEATURES):
     xp = rng.normal(size=(n_p, len(names)))
     xp[:, :2] += shift
-    p = FeatureTable([f"p{i:03d}" for i in range(n_p)], names, xp)
-    u = FeatureTable([f"u{i:03d}" for i in range(n_u)], names, rng.normal(size=(n_u, len(names))))
+    p = FeatureTable([f"p{i:03d}" for i in range(n_p)], names, xp, {"groups": GROUPS})
+    u = FeatureTable([f"u{i:03d}" for i in range(n_u)], names, rng.normal(size=(n_u, len(names))), {"groups": GROUPS})
     return p, u
 
 
@@ -54,8 +59,8 @@ def test_run_cdi_row_order_subsampling_and_features(rng):
     assert r["verdict"]["alternative"] == "two-sided" and "not calibrated" in r["verdict"]["note"]
     # Rows are paired by sorted id: shuffling the files' row order changes nothing.
     perm_p, perm_u = rng.permutation(60), rng.permutation(75)
-    p2 = FeatureTable(p.ids[perm_p], p.names, p.values[perm_p])
-    u2 = FeatureTable(u.ids[perm_u], u.names, u.values[perm_u])
+    p2 = FeatureTable(p.ids[perm_p], p.names, p.values[perm_p], p.meta)
+    u2 = FeatureTable(u.ids[perm_u], u.names, u.values[perm_u], u.meta)
     assert run_cdi(p2, u2, cfg)["verdict"] == r["verdict"]
     one = run_cdi(p, u, CdiConfig(test="cdi_reference", alternative="one-sided", features="mia", curve=False))
     assert one["verdict"]["alternative"] == "greater"

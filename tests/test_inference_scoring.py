@@ -23,7 +23,7 @@ def _problem(rng, m=160, d=26, shift=0.6):
 def test_inference_imports_no_jax():
     """The inference layer is NumPy/SciPy/scikit-learn only: no module of it imports JAX (even lazily)."""
     root = pathlib.Path(scoring.__file__).parent
-    allowed_jaxmia = {"jaxmia", "jaxmia.table"}
+    allowed_jaxmia = {"jaxmia", "jaxmia.table", "jaxmia.provenance"}  # provenance: NumPy-only JSON helpers
     for path in sorted(root.glob("*.py")):
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.Import):
@@ -34,7 +34,7 @@ def test_inference_imports_no_jax():
                 continue
             for name in names:
                 assert name.split(".")[0] not in ("jax", "flax", "optax"), (path.name, name)
-                if name.startswith("jaxmia"):  # only itself, the table format and the package root
+                if name.startswith("jaxmia"):  # only itself, the table format, JSON helpers and the package root
                     assert name.startswith("jaxmia.inference") or name in allowed_jaxmia, (path.name, name)
 
 
@@ -203,15 +203,30 @@ def test_fixed_split_matches_sklearn(rng):
 
 
 def test_resolve_features():
-    cdi = scoring.CDI_FEATURES
+    from jaxmia.features import FeatureConfig, make_config
+    from jaxmia.features.registry import plan_groups
+    from jaxmia.table import FeatureTable
+
+    groups = plan_groups(["cdi"], FeatureConfig())  # what `jaxmia features` writes into the table's meta
+    cdi = tuple(groups["all"])
     assert len(cdi) == 26 and cdi[:4] == ("dl", "secmi", "pia", "pian") and cdi[-2:] == ("no_loss", "no_delta_norm")
     assert cdi[4] == "gm_t000" and cdi[13] == "gm_t900" and cdi[14] == "ml_t000" and cdi[23] == "ml_t900"
-    assert scoring.resolve_features("all", cdi) == cdi
-    assert scoring.resolve_features("new", cdi) == cdi[4:]
-    assert scoring.resolve_features("mia+no", cdi) == ("dl", "secmi", "pia", "pian", "no_loss", "no_delta_norm")
-    assert scoring.resolve_features("dl,ml_t100", cdi) == ("dl", "ml_t100")
+    assert scoring.resolve_features("all", cdi, groups) == cdi
+    assert scoring.resolve_features("new", cdi, groups) == cdi[4:]
+    assert scoring.resolve_features("mia+no", cdi, groups) == ("dl", "secmi", "pia", "pian", "no_loss", "no_delta_norm")
+    assert scoring.resolve_features("dl,ml_t100", cdi, groups) == ("dl", "ml_t100")
+    assert scoring.resolve_features("grad_mask", cdi, groups) == cdi[4:14]  # a signal's name selects its columns
     assert scoring.resolve_features(None, ("a", "b")) == ("a", "b")
     with pytest.raises(ValueError, match="unknown feature or group 'foo'"):
-        scoring.resolve_features("mia,foo", cdi)
+        scoring.resolve_features("mia,foo", cdi, groups)
     with pytest.raises(ValueError, match="lacks selected column"):
-        scoring.resolve_features("gm", ("dl", "secmi"))
+        scoring.resolve_features("gm", ("dl", "secmi"), groups)
+    # Groups follow the configured timesteps (the registry's columns), and travel in the table.
+    cfg = make_config("cdi", ml_timesteps=(0, 500), gm_timesteps=(250,))
+    table = FeatureTable(["a"], plan_groups(["cdi"], cfg)["all"], np.zeros((1, 9)), {"groups": plan_groups(["cdi"], cfg)})
+    groups = scoring.table_groups(table)
+    assert groups["ml"] == ("ml_t000", "ml_t500") and groups["new"] == ("gm_t250", "ml_t000", "ml_t500", "no_loss",
+                                                                         "no_delta_norm")
+    assert scoring.table_groups(FeatureTable(["a"], ("x", "y"), np.zeros((1, 2)))) == {"all": ("x", "y")}
+    with pytest.raises(ValueError, match="unknown feature or group 'mia'; groups: all"):
+        scoring.resolve_features("mia", ("dl",), {"all": ("dl",)})

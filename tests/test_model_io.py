@@ -15,12 +15,11 @@ from safetensors.numpy import load_file, save_file
 
 from jaxmia import schedule as sched
 from jaxmia.models import (
-    MODEL_BUILDERS, UNet2DConfig, UNet2DModel, build_model, flax_to_torch, init_params, load_denoiser, load_unet,
-    register_model, save_unet, torch_to_flax, weights_digest,
+    UNet2DConfig, UNet2DModel, build_model, flax_to_torch, init_params, load_denoiser, load_unet,
+    register_model, save_unet, torch_to_flax, unregister_model, weights_digest,
 )
 from jaxmia.models.convert import check_params
 from jaxmia.models.unet2d import abstract_params
-from jaxmia.models import io as model_io
 from jaxmia.models import layout as model_layout
 from unet_oracle import TINY, saved, torch_unet
 
@@ -138,7 +137,7 @@ def test_registry_dispatches_on_class_name():
         assert build_model({"_class_name": "TestOnlyModel", "width": 3}, source="x.json") == "spec"
         assert calls == [(3, "x.json")]
     finally:
-        del MODEL_BUILDERS["TestOnlyModel"]
+        unregister_model("TestOnlyModel")
     with pytest.raises(ValueError, match="'TestOnlyModel' is not supported"):
         build_model({"_class_name": "TestOnlyModel"})
 

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from jaxmia.features import FeatureConfig, cdi_columns
 from jaxmia.table import FeatureTable
 
 REPO = Path(__file__).resolve().parent.parent
@@ -30,8 +31,7 @@ def reproduce():
     sys.path.remove(str(SCRIPTS))
 
 
-COLUMNS = (("dl", "secmi", "pia", "pian") + tuple(f"gm_t{t:03d}" for t in range(0, 1000, 100))
-           + tuple(f"ml_t{t:03d}" for t in range(0, 1000, 100)) + ("no_loss", "no_delta_norm"))
+COLUMNS = cdi_columns(FeatureConfig())  # the registry's CDI vector: dl, secmi, pia, pian, gm_t..., ml_t..., no_...
 
 
 def synthetic_target(name: str, n_members: int, n_nonmembers: int, shift: float, seed: int):

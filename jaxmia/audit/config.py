@@ -25,7 +25,6 @@ from jaxmia import config as typed
 from jaxmia.config import parse_set  # noqa: F401  (the one --set syntax; re-exported for callers)
 from jaxmia.drc import DRCConfig
 from jaxmia.features import FeatureConfig, make_config
-from jaxmia.features.config import FIELD_NAMES
 from jaxmia.inference.report import CdiConfig
 from jaxmia.shift.processing import DEFAULT_SENSITIVITY, parse_processing
 
@@ -45,7 +44,8 @@ class AuditSettings:
         compiled shape, which fixes the features' float rounding; larger is faster on a GPU/TPU.
       null_splits: innocent splits of U for the empirical false-positive rate (0 disables).
       null_test: the test run on those splits (the cheap, calibrated ``split`` test by default).
-      mia_attacks: single-image attack columns evaluated for context (lower = member).
+      mia_attacks: single-image attack columns evaluated for context, each in the direction its signal
+        registered; None: the columns of the feature tables' ``mia`` group (the registry's).
       drc_images: images per side restored for the DRC evidence (0 disables).
       resize, on_error: how image folders are read (see :mod:`jaxmia.data.folder`).
       scheduler: a scheduler config (file or folder) used instead of the model folder's (``--scheduler``).
@@ -74,7 +74,7 @@ class AuditSettings:
     per_device_batch: Optional[int] = None
     null_splits: int = 200
     null_test: str = "split"
-    mia_attacks: tuple[str, ...] = ("dl", "secmi", "pia", "pian")
+    mia_attacks: Optional[tuple[str, ...]] = None
     drc_images: int = 4
     resize: str = "refuse"
     on_error: str = "refuse"
@@ -132,10 +132,10 @@ def build_config(sections: Mapping[str, Mapping[str, Any]], *, source: str = "co
     typed.check_keys(sections, SECTIONS, source=source, what="section")
     audit = typed.from_mapping(AuditSettings, sections.get("audit", {}), source=source, prefix="audit.")
     feat_vals = dict(sections.get("features", {}))
-    typed.check_keys(feat_vals, (*FIELD_NAMES, "preset"), source=source, prefix="features.")
     preset = typed.coerce(feat_vals.pop("preset", "cdi"), str, path="features.preset", source=source)
-    base = make_config(preset).to_dict()
-    features = typed.from_mapping(FeatureConfig, {**base, **feat_vals}, source=source, prefix="features.")
+    # flat fields and each signal's own section ([features.drc], --set features.drc.steps=2), one parser
+    features = typed.apply_overrides(make_config(preset), feat_vals, source=source, what="feature config",
+                                     prefix="features.")
     cdi = typed.from_mapping(CdiConfig, sections.get("cdi", {}), source=source, prefix="cdi.")
     drc = typed.from_mapping(DRCConfig, sections.get("drc", {}), source=source, prefix="drc.")
     return AuditConfig(audit=audit, features=features, feature_preset=preset, cdi=cdi, drc=drc)

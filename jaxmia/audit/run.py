@@ -5,7 +5,7 @@ Stages (each resumable; rerunning the same command in the same folder continues)
 1. load the model and the sets P (published) and U (unpublished); sample ``n`` per side (seeded);
 2. extract features of both sides (``features/features-<ids digest>.npz``; an interrupted
    extraction resumes from its ``.partial.npz`` and loses at most the current batch);
-3. the CDI test (:func:`jaxmia.inference.run_cdi`): scoring model, calibrated p-value,
+3. the CDI test (:func:`jaxmia.cdi.run_cdi`): scoring model, calibrated p-value,
    sample-count curve;
 4. shift checks (:mod:`jaxmia.shift`, issue 16): P's and U's files compared (size, format, JPEG
    quality; ``audit.file_mismatch`` warns or refuses right after loading), the blind baseline (the same
@@ -16,7 +16,10 @@ Stages (each resumable; rerunning the same command in the same folder continues)
 7. DRC evidence: a few images of each side degraded and restored by the model;
 8. the conclusion: "TRAINED ON P" only when the model test rejects *and* the shift checks pass; if P
    and U differ without the model it is "INCONCLUSIVE", naming the features (and the closest known
-   processing) that separate them; then ``report.json``, ``report.html`` and the plots.
+   processing) that separate them.
+
+The stages' return values fill one typed report (:class:`jaxmia.report.AuditReport`), written once
+by :func:`jaxmia.report.write_report`: ``report.json``, ``report.html`` and the plots.
 """
 
 from __future__ import annotations
@@ -116,9 +119,11 @@ def side_features(denoiser, dataset, cfg: AuditConfig, cache_dir: Path, *, quiet
 
 def _mia_context(p_table: FeatureTable, u_table: FeatureTable, attacks) -> dict:
     """How well each single-image score separates P from U (P labelled 1). Context, not a verdict."""
-    from jaxmia.inference import evaluate_mia
+    from jaxmia.mia import evaluate_mia
     from jaxmia.table import FeatureTable as T
 
+    if attacks is None:  # the registry's single-image attacks, as the tables record them
+        attacks = p_table.meta.get("groups", {}).get("mia", [])
     cols = [a for a in attacks if a in p_table.names and a in u_table.names]
     if not cols:
         return {}
@@ -151,9 +156,10 @@ def run_audit(model, published, unpublished, out_dir, config: AuditConfig | None
     Returns:
       The report dictionary (also written as ``report.json``).
     """
-    from jaxmia.inference import null_calibration, run_cdi
-    from jaxmia.inference.report import write_cdi_report
-    from jaxmia.report import write_html_report
+    from jaxmia.cdi import run_cdi
+    from jaxmia.inference import null_calibration
+    from jaxmia.report import sections as S
+    from jaxmia.report import write_report
 
     cfg = config or AuditConfig()
     out = Path(out_dir)
@@ -189,7 +195,6 @@ def run_audit(model, published, unpublished, out_dir, config: AuditConfig | None
 
     t = time.perf_counter()
     cdi = run_cdi(p_table, u_table, cfg.cdi)
-    cdi_paths = write_cdi_report(cdi, out / "cdi")
     timings["cdi"] = time.perf_counter() - t
 
     t = time.perf_counter()
@@ -213,11 +218,6 @@ def run_audit(model, published, unpublished, out_dir, config: AuditConfig | None
 
     t = time.perf_counter()
     mia = _mia_context(p_table, u_table, cfg.audit.mia_attacks)
-    mia_paths = {}
-    if mia:
-        from jaxmia.inference.report import write_mia_report
-
-        mia_paths = write_mia_report(mia, out / "mia")
     timings["mia"] = time.perf_counter() - t
 
     t = time.perf_counter()
@@ -226,38 +226,17 @@ def run_audit(model, published, unpublished, out_dir, config: AuditConfig | None
         drc = _drc_evidence(denoiser, p_set, u_set, cfg, out / "drc", quiet)
     timings["drc"] = time.perf_counter() - t
 
-    verdict = cdi["verdict"]
-    conclusion = _conclusion(verdict, shift, p_set.source, cfg.cdi.alpha)
-    report = {
-        "kind": "audit",
-        "conclusion": conclusion,
-        "verdict": verdict,
-        "summary": conclusion["summary"],
-        "shift": shift,
-        "samples_needed": (cdi.get("curve") or {}).get("samples_needed"),
-        "curve": cdi.get("curve"),
-        "null_calibration": null,
-        "features": cdi["features"],
-        "pairing": cdi["pairing"],
-        "mia_context": {k: {m: v for m, v in col.items() if m != "scores_oriented"}
-                        for k, col in (mia.get("columns") or {}).items()},
-        "drc": drc,
-        "captions": captions,
-        "data_checks": {"duplicates": data_checks},
-        "published": {"source": p_set.source, "n": len(p_set)},
-        "unpublished": {"source": u_set.source, "n": len(u_set)},
-        "model": {"source": str(model) if not hasattr(model, "digest") else "in-memory Denoiser",
-                  "digest": denoiser.digest, "sample_shape": list(denoiser.sample_shape)},
-        "config": resolved,
-        "seed": cfg.audit.seed,
-        "versions": _versions(),
-        "timings_s": {k: round(v, 2) for k, v in timings.items()},
-        "compile": compile_cache.since(compiled_before),  # seconds of the timings spent compiling
-        "outputs": {"cdi": cdi_paths, "mia": mia_paths, "html": str(out / "report.html")},
-    }
-    write_html_report(report, out / "report.html")
-    (out / "report.json").write_text(json.dumps(report, indent=2, default=_json_default) + "\n")
-    return report
+    conclusion = _conclusion(cdi["verdict"], shift, p_set.source, cfg.cdi.alpha)
+    run = S.RunInfo(
+        model=S.ModelInfo(source=str(model) if not hasattr(model, "digest") else "in-memory Denoiser",
+                          digest=denoiser.digest, sample_shape=tuple(denoiser.sample_shape)),
+        published=S.DataSide(p_set.source, len(p_set)), unpublished=S.DataSide(u_set.source, len(u_set)),
+        config=resolved, seed=cfg.audit.seed, duplicates=data_checks, captions=captions)
+    report = S.AuditReport(
+        run=run, features=S.FeatureSection(tuple(cdi["features"]), cdi["pairing"]),
+        cdi=S.CdiSection(cdi, null), mia=S.MiaSection(mia), shift=shift, drc=drc, conclusion=conclusion,
+        timings=S.Timings(timings, compile_cache.since(compiled_before)), versions=_versions())
+    return write_report(report, out)
 
 
 def _caption_sets(model, denoiser, p_set, u_set, settings, out: Path, quiet: bool):
@@ -291,8 +270,10 @@ def _caption_sets(model, denoiser, p_set, u_set, settings, out: Path, quiet: boo
     return sides[0], sides[1], (infos or None)
 
 
-def _drc_evidence(denoiser, p_set, u_set, cfg: AuditConfig, out: Path, quiet: bool) -> dict:
+def _drc_evidence(denoiser, p_set, u_set, cfg: AuditConfig, out: Path, quiet: bool):
+    """A few images of each side degraded and restored (:func:`jaxmia.drc.run_drc`): a DrcEvidence."""
     from jaxmia.drc import run_drc, with_embedding_metric
+    from jaxmia.report.sections import DrcEvidence, drc_side
 
     drc_cfg, embed_fn = cfg.drc, None
     if cfg.audit.drc_embedder is not None:
@@ -303,21 +284,13 @@ def _drc_evidence(denoiser, p_set, u_set, cfg: AuditConfig, out: Path, quiet: bo
     k = cfg.audit.drc_images
     p_few = p_set.take(min(k, len(p_set)), seed=cfg.audit.seed + 2)
     u_few = u_set.take(min(k, len(u_set)), seed=cfg.audit.seed + 3)
-    result = {}
+    sides = {}
     for side, ds in (("published", p_few), ("unpublished", u_few)):
         r = run_drc(denoiser, ds, cfg.drc, out / side, per_device_batch=max(1, min(k, 8)), seed=cfg.audit.seed,
                     progress=not quiet, evidence=len(ds), embed_fn=embed_fn)
-        table = load_table(r["table"])
-        metric = [c for c in table.names if c.startswith(f"drc_{cfg.drc.score_metric}_")]
-        result[side] = {
-            "evidence": r["evidence"],
-            "summary": r.get("summary"),
-            "mean_" + cfg.drc.score_metric: float(table.select(metric).values.mean()) if metric else None,
-        }
-    result["metric"] = cfg.drc.score_metric
-    if embed_fn is not None:
-        result["embedder"] = embed_fn.info
-    return result
+        sides[side] = drc_side(r, cfg.drc.score_metric)
+    return DrcEvidence(metric=cfg.drc.score_metric, published=sides["published"], unpublished=sides["unpublished"],
+                       embedder=None if embed_fn is None else embed_fn.info)
 
 
 def _shift_checks(denoiser, p_set, u_set, u_table, cfg: AuditConfig, cache: Path, file_check, quiet: bool) -> dict:
@@ -350,9 +323,10 @@ def _shift_checks(denoiser, p_set, u_set, u_table, cfg: AuditConfig, cache: Path
             "passed": bool(not bv["reject"] and not (file_check or {}).get("mismatches"))}
 
 
-def _conclusion(verdict: dict, shift, source: str, alpha: float) -> dict:
+def _conclusion(verdict: dict, shift, source: str, alpha: float):
     """The audit's conclusion: trained / no evidence / inconclusive, with the reasons in plain words."""
     from jaxmia.inference.stat_tests import format_p
+    from jaxmia.report.sections import Conclusion
     from jaxmia.shift import describe_processing
 
     p = format_p(verdict["p_value"], verdict.get("log10_p"))
@@ -397,9 +371,9 @@ def _conclusion(verdict: dict, shift, source: str, alpha: float) -> dict:
     if sens.get("fooled_by") and not sens.get("blind_misses"):
         caveats.append("mild processing alone (" + ", ".join(sens["fooled_by"]) + ") makes this model test say "
                        "'trained'; the blind test notices each of them")
-    return {"status": status, "headline": headline, "summary": summary, "reasons": reasons, "caveats": caveats,
-            "p_value": verdict["p_value"], "p_text": p, "model_test_rejects": bool(verdict.get("reject")),
-            "shift_checks_passed": None if shift is None else shift["passed"]}
+    return Conclusion(status=status, headline=headline, summary=summary, reasons=reasons, caveats=caveats,
+                      p_value=verdict["p_value"], p_text=p, model_test_rejects=bool(verdict.get("reject")),
+                      shift_checks_passed=None if shift is None else shift["passed"])
 
 
 def _first_difference(a, b, path="") -> str:
@@ -419,14 +393,3 @@ def _versions() -> dict:
     return {"jaxmia": __version__, "jax": jax.__version__, "flax": flax.__version__, "numpy": np.__version__,
             "scipy": scipy.__version__, "scikit-learn": sklearn.__version__, "python": platform.python_version()}
 
-
-def _json_default(obj):
-    if isinstance(obj, (np.integer,)):
-        return int(obj)
-    if isinstance(obj, (np.floating,)):
-        return float(obj)
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    if isinstance(obj, Path):
-        return str(obj)
-    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")

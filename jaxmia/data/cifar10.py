@@ -231,7 +231,7 @@ def split_feature_table(table, labels, *, members_out=None, nonmembers_out=None)
     ``table``. Each keeps the table's sidecar metadata (config, seed, model digest) plus where it
     was split from. Every labelled id must be in the table; unlabelled rows are left out.
     """
-    from jaxmia.inference.report import load_labels
+    from jaxmia.fileio import load_labels
     from jaxmia.table import FeatureTable, load_table, save_table
 
     table_path = Path(table)

@@ -11,6 +11,7 @@ from jaxmia.drc.aggregate import agree_rank_score  # noqa: F401
 from jaxmia.drc.aggregate import aggregate_table  # noqa: F401
 from jaxmia.drc.aggregate import check_disjoint  # noqa: F401
 from jaxmia.drc.aggregate import decision_curve  # noqa: F401
+from jaxmia.drc.aggregate import drc_score  # noqa: F401
 from jaxmia.drc.aggregate import fit_calibration  # noqa: F401
 from jaxmia.drc.aggregate import mean_z_score  # noqa: F401
 from jaxmia.drc.config import DRCConfig  # noqa: F401
@@ -39,11 +40,13 @@ from jaxmia.drc.metrics import ORIENTATION  # noqa: F401
 from jaxmia.drc.metrics import compare  # noqa: F401
 from jaxmia.drc.metrics import masked_mse  # noqa: F401
 from jaxmia.drc.metrics import masked_ssim  # noqa: F401
+from jaxmia.drc.metrics import model_distance  # noqa: F401
 from jaxmia.drc.metrics import orient  # noqa: F401
 from jaxmia.drc.metrics import psnr  # noqa: F401
 from jaxmia.drc.metrics import ssim_map  # noqa: F401
 from jaxmia.drc.restore import RestorePlan  # noqa: F401
 from jaxmia.drc.restore import inpaint_one  # noqa: F401
+from jaxmia.drc.restore import invert_one  # noqa: F401
 from jaxmia.drc.restore import network_calls_per_image  # noqa: F401
 from jaxmia.drc.restore import restore_one  # noqa: F401
 from jaxmia.drc.restore import restore_plan  # noqa: F401

@@ -9,6 +9,11 @@ calibration split of non-members whose ids must be disjoint from the evaluation 
   calibration scores of task τ (NumPy's default linear interpolation). "Model Will Tell" (Fu et al.,
   arXiv 2403.08487) votes across restoration tasks; the threshold rule is jaxmia's.
 
+Without a calibration split, :func:`drc_score` is the label-free per-image score ``jaxmia drc``
+writes as its ``drc_score`` column: each task's oriented score standardised across the EVALUATED
+data, z_τ = (s_τ − mean_i s_τ)/std_i s_τ, averaged over tasks (fitted on nothing labelled; only
+the rank order across the evaluated images means anything).
+
 The decision "member when A ≥ k" is reported with precision and recall for every k = 0..R.
 Scores s_τ are oriented higher = member (:func:`jaxmia.drc.metrics.orient`).
 """
@@ -106,6 +111,25 @@ def mean_z_score(scores, calibration: DRCCalibration) -> np.ndarray:
     """(N,) mean over tasks of (s_τ − μ_τ)/σ_τ."""
     scores = _scores_2d(scores, len(calibration.task_names))
     return ((scores - calibration.mu) / calibration.sigma).mean(axis=1)
+
+
+def drc_score(scores, calibration: Optional[DRCCalibration] = None) -> np.ndarray:
+    """(N,) one DRC score per image, higher = member, from (N, R) oriented per-task scores.
+
+    Without ``calibration``: the mean over tasks of each task's z-score across the N rows given
+    (population std; label-free). With it: :func:`mean_z_score` against the calibration non-members.
+    A task whose scores are constant across the rows is an error naming its column index.
+    """
+    if calibration is not None:
+        return mean_z_score(scores, calibration)
+    scores = _scores_2d(scores)
+    if scores.shape[0] < 2:
+        raise ValueError(f"drc_score: needs at least 2 images to standardise, got {scores.shape[0]}")
+    sigma = scores.std(axis=0)
+    flat = np.flatnonzero(sigma == 0)
+    if flat.size:
+        raise ValueError(f"drc_score: constant scores for task column(s) {flat.tolist()}; the z-score is undefined")
+    return ((scores - scores.mean(axis=0)) / sigma).mean(axis=1)
 
 
 def agree_number(scores, theta) -> np.ndarray:

@@ -15,9 +15,10 @@ from jaxmia import config as typed
 
 MASK_KINDS = ("center", "rect", "patches", "user")
 # Metrics a kernel computes inside the compiled call; "cos" needs a user embed_fn (host side).
-JAX_METRICS = ("mse", "mse_full", "psnr", "ssim")
+JAX_METRICS = ("mse", "mse_full", "psnr", "ssim", "model")
 METRICS = JAX_METRICS + ("cos",)
 INITS = ("known", "noise")
+RESTORES = ("repaint", "invert")
 
 
 @dataclass(frozen=True)
@@ -51,6 +52,15 @@ class DRCConfig:
       jump_length, n_resample: RePaint resampling (Lugmayr et al., CVPR 2022): every
         ``jump_length`` steps re-noise forward by that many steps and redo them, ``n_resample``
         times in all. ``n_resample = 1`` (default) disables it; RePaint uses 10 and 10.
+      restore: ``repaint`` (default): keyed-noise inpainting from q(·, t_start) as above;
+        ``invert``: deterministic DDIM inversion of the WHOLE image to t_start (K calls), then
+        DDIM regeneration (K calls) with the known region re-imposed from the inversion path
+        (:func:`jaxmia.drc.restore.invert_one`); needs η = 0, ``init="known"``, no resampling.
+      shared_noise: True: the restoration noise of a task is the same for every image (keyed by
+        the task only: common random numbers across members and non-members); False (default):
+        keyed by (image id, task).
+      model_timestep: t of the ``model`` metric: the squared distance between the denoiser's
+        ε̂ on q(x0, t, ε) and on q(x̂, t, ε), one fixed ε per image (:func:`jaxmia.drc.metrics.model_distance`).
       metrics: the per-task metrics written as feature columns (see :mod:`jaxmia.drc.metrics`).
       score_metric: the metric aggregated across tasks (mean z-score, agree number).
       ssim_window, ssim_sigma: Gaussian SSIM window (11, 1.5 as Wang et al. 2004; 7 is an option
@@ -69,6 +79,9 @@ class DRCConfig:
     init: str = "known"
     jump_length: int = 10
     n_resample: int = 1
+    restore: str = "repaint"
+    shared_noise: bool = False
+    model_timestep: int = 50
     metrics: tuple[str, ...] = ("mse", "psnr", "ssim")
     score_metric: str = "psnr"
     ssim_window: int = 11
@@ -98,6 +111,12 @@ class DRCConfig:
         _check(self.init in INITS, "init", self.init, f"one of {', '.join(INITS)}")
         _check(self.jump_length >= 1, "jump_length", self.jump_length, "an int >= 1")
         _check(self.n_resample >= 1, "n_resample", self.n_resample, "an int >= 1")
+        _check(self.restore in RESTORES, "restore", self.restore, f"one of {', '.join(RESTORES)}")
+        if self.restore == "invert":
+            _check(self.eta == 0.0, "eta", self.eta, "0 with restore='invert' (a deterministic path)")
+            _check(self.init == "known", "init", self.init, "'known' with restore='invert' (the start is the inversion)")
+            _check(self.n_resample == 1, "n_resample", self.n_resample, "1 with restore='invert'")
+        _check(self.model_timestep >= 0, "model_timestep", self.model_timestep, "an int >= 0")
         _check(len(metrics) > 0, "metrics", metrics, "at least one metric")
         for m in metrics:
             _check(m in METRICS, "metrics", m, f"one of {', '.join(METRICS)}")

@@ -2,7 +2,8 @@
 
 One compiled program (``drc_batch``: every image × every task, the whole sampling scan inside,
 run by each data-axis device on ``per_device_batch`` rows), data-parallel over the local devices
-on the same ``("data", "model")`` mesh as feature extraction (:func:`jaxmia.features.runner.place`; a model axis > 1 splits large parameter leaves).
+on the same ``("data", "model")`` mesh as feature extraction, through the same batch loop
+(:func:`jaxmia.runtime.map_examples`; a model axis > 1 splits large parameter leaves).
 Results do not depend on the batch size or the device count: all randomness is keyed by (seed,
 image id, task name).
 """
@@ -19,16 +20,16 @@ import jax
 import numpy as np
 
 import jaxmia
+from jaxmia import runtime
 from jaxmia import schedule as sched
-from jaxmia.data import Dataset, iter_batches
+from jaxmia.data import Dataset
+from jaxmia.drc.aggregate import drc_score
 from jaxmia.drc.config import DRCConfig, tasks
 from jaxmia.drc.evidence import evidence_grid, safe_filename, summary_grid
 from jaxmia.drc.features import drc_one
 from jaxmia.drc.masks import user_masks
 from jaxmia.drc.metrics import ORIENTATION, cosine_similarity, orient
 from jaxmia.drc.restore import network_calls_per_image, plan_for
-from jaxmia.features import runner as mesh_runner
-from jaxmia.progress import Progress
 from jaxmia.table import FeatureTable, save_table
 
 METHOD_LABEL = "DRC-style (jaxmia recipe)"
@@ -36,6 +37,7 @@ METHOD_LABEL = "DRC-style (jaxmia recipe)"
 # inputs per call at this size.
 DEFAULT_PER_DEVICE_BATCH = 8
 TABLE_NAME = "drc_scores.npz"
+SCORE_COLUMN = "drc_score"  # label-free per-image score, higher = member (jaxmia.drc.aggregate.drc_score)
 
 
 def drc_batch(denoiser, images, cond, id_hash, user_mask, root, *, cfg: DRCConfig, with_images: bool):
@@ -72,45 +74,29 @@ def _check_inputs(denoiser, dataset: Dataset, cfg: DRCConfig, holes, embed_fn) -
 
 
 @functools.lru_cache(maxsize=16)
+def _drc_kernel(cfg: DRCConfig, with_images: bool):
+    """ONE example's :func:`~jaxmia.drc.features.drc_one` as a runtime kernel ``(denoiser, image, cond, key,
+    user_mask)``; restorations only if asked (cached: one program per config)."""
+
+    def per_example(denoiser, image, cond, key, user_mask=None):
+        out = drc_one(denoiser, image, cond, key.id_hash, key.root, user_mask, cfg=cfg)
+        return out if with_images else {k: v for k, v in out.items() if k not in ("restored", "masks")}
+
+    return per_example
+
+
 def _per_device_drc(mesh, cfg: DRCConfig, with_images: bool, with_cond: bool, with_user_mask: bool):
-    """``drc_batch`` run by every data-axis device on its own rows (``runner.per_device_jit``)."""
-    fn = functools.partial(drc_batch, cfg=cfg, with_images=with_images)
-    return mesh_runner.per_device_jit(fn, mesh, batched=(False, True, with_cond, True, with_user_mask, False))
+    """The program ``run_drc`` runs: ``(denoiser, images, cond, root, id_hash[, user_mask])``, every data-axis
+    device on its own rows (:func:`jaxmia.runtime.jit_examples`)."""
+    return runtime.jit_examples(_drc_kernel(cfg, with_images), mesh, with_cond, int(with_user_mask))
 
 
-class _Runner:
-    """Runs drc_batch over rows of a dataset: chunks of per_device_batch rows per data-axis device."""
-
-    def __init__(self, denoiser, dataset, cfg, seed, masks_by_row, batch_size, devices, per_device_batch, mesh_shape,
-                 shard_min_size):
-        self.placed = mesh_runner.place(denoiser, seed, batch_size, devices, per_device_batch=per_device_batch,
-                                        mesh_shape=mesh_shape, shard_min_size=shard_min_size)
-        self.dataset, self.cfg, self.root = dataset, cfg, self.placed.root
-        self.masks_by_row = masks_by_row
-        self.batch_size = self.placed.batch_size
-        self.denoiser = self.placed.denoiser
-        self.row_of = {i: k for k, i in enumerate(dataset.ids)}
-        self.use_cond = denoiser.cond_kind != "none"
-
-    def _shard(self, x):
-        return None if x is None else jax.device_put(np.asarray(x), self.placed.batch_sharding)
-
-    def batches(self, ids=None, *, with_images: bool = False):
-        """Yields (ids of the real rows, their images, host dict of their outputs)."""
-        program = _per_device_drc(self.placed.mesh, self.cfg, with_images, self.use_cond, self.masks_by_row is not None)
-        for batch in iter_batches(self.dataset, self.batch_size, ids=ids):
-            real = [i for i, keep in zip(batch.ids, batch.mask) if keep]
-            outs = []
-            for sub in mesh_runner.chunks(batch, self.placed.chunk):
-                rows = [self.row_of[i] for i, keep in zip(sub.ids, sub.mask) if keep]
-                rows += [rows[-1]] * (len(sub.ids) - len(rows))  # padding repeats the last real row
-                user_mask = None if self.masks_by_row is None else self.masks_by_row[rows]
-                outs.append((sub.mask, program(
-                    self.denoiser, self._shard(sub.x), self._shard(sub.cond if self.use_cond else None),
-                    self._shard(sub.id_hash), self._shard(user_mask), self.root)))
-            out = jax.tree_util.tree_map(lambda *vs: np.concatenate([np.asarray(v)[m] for (m, _), v in zip(outs, vs)]),
-                                         *[o for _, o in outs])
-            yield real, batch.x[: len(real)], out
+def _run(placed, dataset, cfg, masks_by_row, ids=None, *, with_images: bool, collect=None, progress: bool = False):
+    """drc_one over the rows ``ids`` of ``dataset`` (default: all), through the runtime's batch loop."""
+    return runtime.map_examples(
+        _drc_kernel(cfg, with_images), dataset, placement=placed, with_cond=runtime.uses_cond(placed.denoiser, dataset),
+        ids=ids, extra=() if masks_by_row is None else (masks_by_row,), encode_latents=False,  # drc_one encodes
+        collect=collect, progress=progress, label="drc")
 
 
 def run_drc(
@@ -134,7 +120,8 @@ def run_drc(
 
     "Model Will Tell" (Fu et al., arXiv 2403.08487) as jaxmia's DRC-style recipe
     (docs/methods/mia.md §4.2). Writes ``out_dir/drc_scores.npz`` (a :class:`~jaxmia.table.FeatureTable`
-    with one column per (metric, task), raw orientation, plus its JSON sidecar with the resolved
+    with one column per (metric, task), raw orientation, then ``drc_score`` (label-free, higher =
+    member: :func:`jaxmia.drc.aggregate.drc_score` of the ``score_metric``), plus its JSON sidecar with the resolved
     config, seed, model digest, achieved hole fractions and timings) and, for ``evidence`` > 0,
     ``out_dir/evidence/<id>.png`` per selected image and ``out_dir/evidence/summary.png``.
 
@@ -159,12 +146,12 @@ def run_drc(
         any batch size and device count at a fixed per_device_batch.
       mesh_shape: (data, model), as in :func:`jaxmia.features.extract`; default (n_devices, 1).
       shard_min_size: with a model axis > 1, parameter leaves of at least this many elements are
-        split over it (default :data:`jaxmia.features.runner.DEFAULT_SHARD_MIN_SIZE`).
+        split over it (default :data:`jaxmia.runtime.DEFAULT_SHARD_MIN_SIZE`).
 
     Returns:
       dict with ``table`` (path), ``columns``, ``n_images``, ``evidence`` (paths), ``summary``
-      (path or None), ``member_like`` / ``nonmember_like`` ids, ``network_calls_per_image`` and
-      ``seconds``.
+      (path or None), ``member_like`` / ``nonmember_like`` ids, ``network_calls_per_image``,
+      ``seconds`` and ``scores`` (the table written, a :class:`~jaxmia.table.FeatureTable`).
     """
     _check_inputs(denoiser, dataset, cfg, holes, embed_fn)
     if evidence < 0:
@@ -180,30 +167,37 @@ def run_drc(
     height, width, _ = dataset.image_shape
     masks_by_row = None if holes is None else user_masks(holes, dataset.ids, height, width)
     devices = list(jax.local_devices() if devices is None else devices)
-    min_size = mesh_runner.DEFAULT_SHARD_MIN_SIZE if shard_min_size is None else shard_min_size
-    runner = _Runner(denoiser, dataset, cfg, seed, masks_by_row, batch_size, devices,
-                     DEFAULT_PER_DEVICE_BATCH if per_device_batch is None else per_device_batch, mesh_shape, min_size)
+    min_size = runtime.DEFAULT_SHARD_MIN_SIZE if shard_min_size is None else shard_min_size
+    placed = runtime.place(denoiser, seed, batch_size, devices, shard_min_size=min_size, mesh_shape=mesh_shape,
+                           per_device_batch=DEFAULT_PER_DEVICE_BATCH if per_device_batch is None else per_device_batch)
 
-    ids, columns, fractions = [], {m: [] for m in cfg.metrics}, []
-    with Progress("drc", total=len(dataset), enabled=progress) as bar:
-        for real, x, out in runner.batches(with_images=embed_fn is not None):
-            ids += real
-            fractions.append(out["hole_fraction"])
-            for m in cfg.jax_metrics:
-                columns[m].append(out["scores"][m])
-            if embed_fn is not None:
-                columns["cos"].append(_cosine(embed_fn, x, out["restored"]))
-            bar.update(len(real))
+    def collect(step: runtime.Step) -> dict:
+        out = {k: v for k, v in step.outputs.items() if k not in ("restored", "masks")}
+        if embed_fn is not None:  # one call per step on the host: the embedding's own batching
+            out["cos"] = _cosine(embed_fn, step.images, step.outputs["restored"])
+        return {sid: jax.tree_util.tree_map(lambda v, i=i: v[i], out) for i, sid in enumerate(step.ids)}
+
+    mapped = _run(placed, dataset, cfg, masks_by_row, with_images=embed_fn is not None, collect=collect,
+                  progress=progress)
+    ids = list(dataset.ids)
+    rows = mapped.columns(ids)
+    values = {m: np.asarray(rows["scores"][m]) for m in cfg.jax_metrics}  # each (N, R)
+    if embed_fn is not None:
+        values["cos"] = np.asarray(rows["cos"])
+    values = {m: values[m] for m in cfg.metrics}
+    fractions = np.asarray(rows["hole_fraction"])
+    bar = mapped.progress
     timing = bar.summary()
-    values = {m: np.concatenate(v, axis=0) for m, v in columns.items()}  # each (N, R)
-    fractions = np.concatenate(fractions, axis=0)
     names = [f"drc_{m}_{t}" for m in cfg.metrics for t in task_names]
+    score, score_note = _drc_score(values[cfg.score_metric], cfg.score_metric)
     table = FeatureTable(
         ids=np.asarray(ids),
-        names=tuple(names),
-        values=np.concatenate([values[m] for m in cfg.metrics], axis=1),
-        meta=_meta(denoiser, dataset, cfg, seed, runner, devices, plan, task_list, fractions, timing),
+        names=tuple(names) + (SCORE_COLUMN,),
+        values=np.concatenate([values[m] for m in cfg.metrics] + [score[:, None]], axis=1),
+        meta=_meta(denoiser, dataset, cfg, seed, placed, devices, plan, task_list, fractions, timing),
     )
+    table.meta["higher_is_member"].append(SCORE_COLUMN)
+    table.meta["drc"]["drc_score"] = score_note
     if embed_fn is not None:
         table.meta["drc"]["embedder"] = getattr(embed_fn, "info", {"kind": type(embed_fn).__name__})
     table_path = save_table(table, out_dir / TABLE_NAME)
@@ -211,9 +205,11 @@ def run_drc(
     member_like, nonmember_like, paths, summary = [], [], [], None
     if evidence > 0:
         member_like, nonmember_like = _evidence_order(values[cfg.score_metric], cfg.score_metric, ids, evidence)
-        paths, summary = _write_evidence(runner, cfg, values, ids, member_like, nonmember_like, out_dir / "evidence")
+        paths, summary = _write_evidence(placed, dataset, cfg, masks_by_row, values, ids, member_like, nonmember_like,
+                                         out_dir / "evidence")
     return {
         "table": str(table_path),
+        "scores": table,
         "columns": names,
         "n_images": len(ids),
         "evidence": [str(p) for p in paths],
@@ -223,6 +219,15 @@ def run_drc(
         "network_calls_per_image": network_calls_per_image(cfg, denoiser.schedule.num_train_timesteps),
         "seconds": round(time.perf_counter() - start, 3),
     }
+
+
+def _drc_score(raw, metric: str) -> tuple[np.ndarray, str]:
+    """The ``drc_score`` column (mean over tasks of the across-data z of the oriented ``metric``)
+    and its sidecar note; NaN with the reason when undefined (fewer than 2 images, a constant task)."""
+    try:
+        return drc_score(orient(raw, metric)), f"mean over tasks of the across-data z-score of oriented {metric}"
+    except ValueError as err:
+        return np.full(raw.shape[0], np.nan), f"undefined (NaN): {err}"
 
 
 def _cosine(embed_fn, images, restored) -> np.ndarray:
@@ -235,7 +240,7 @@ def _cosine(embed_fn, images, restored) -> np.ndarray:
     return cosine_similarity(np.repeat(e_orig, r, axis=0), e_rest).reshape(b, r)
 
 
-def _meta(denoiser, dataset, cfg, seed, runner, devices, plan, task_list, fractions, timing) -> dict:
+def _meta(denoiser, dataset, cfg, seed, placed, devices, plan, task_list, fractions, timing) -> dict:
     task_meta = []
     for i, t in enumerate(task_list):
         f = fractions[:, i]
@@ -254,10 +259,10 @@ def _meta(denoiser, dataset, cfg, seed, runner, devices, plan, task_list, fracti
         "schedule_digest": sched.schedule_digest(denoiser.schedule),
         "data_source": dataset.source,
         "n_images": int(fractions.shape[0]),
-        "batch_size": runner.batch_size,
-        "per_device_batch": runner.placed.per_device_batch,
+        "batch_size": placed.batch_size,
+        "per_device_batch": placed.per_device_batch,
         "n_devices": len(devices),
-        "mesh_shape": list(runner.placed.mesh_shape),
+        "mesh_shape": list(placed.mesh_shape),
         "versions": {"jaxmia": jaxmia.__version__, "jax": jax.__version__},
         "timing": timing,
         "drc": {
@@ -285,17 +290,17 @@ def _evidence_order(raw, metric, ids, n) -> tuple[list, list]:
     return member_like, nonmember_like
 
 
-def _write_evidence(runner, cfg, values, ids, member_like, nonmember_like, folder: Path):
+def _write_evidence(placed, dataset, cfg, masks_by_row, values, ids, member_like, nonmember_like, folder: Path):
     """Re-runs the selected images with restorations returned (same keys, so the same results)."""
     task_names = [t.name for t in tasks(cfg)]
     metric = cfg.score_metric
     row = {i: k for k, i in enumerate(ids)}
     summary_task = _summary_task(cfg)
     chosen = member_like + nonmember_like
-    images, masks, restored = {}, {}, {}
-    for real, x, out in runner.batches(chosen, with_images=True):
-        for j, sample_id in enumerate(real):
-            images[sample_id], masks[sample_id], restored[sample_id] = x[j], out["masks"][j], out["restored"][j]
+    out = _run(placed, dataset, cfg, masks_by_row, chosen, with_images=True).rows
+    images = {sample_id: dataset.images[row[sample_id]] for sample_id in chosen}
+    masks = {sample_id: out[sample_id]["masks"] for sample_id in chosen}
+    restored = {sample_id: out[sample_id]["restored"] for sample_id in chosen}
     paths = []
     for sample_id in chosen:
         labels = [f"{t}  {metric} {values[metric][row[sample_id], i]:.4g}" for i, t in enumerate(task_names)]

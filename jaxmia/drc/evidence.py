@@ -25,7 +25,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 PAD = 2
 CAPTION = 14
-MIN_PANEL = 96  # auto scale: panels are at least this many pixels on their longer side
+MIN_PANEL = 128  # auto scale: panels are at least this many pixels on their longer side (readable in report.html)
 COLUMNS = ("original", "degraded", "restored", "|difference|")
 
 

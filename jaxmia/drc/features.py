@@ -5,7 +5,8 @@ examples: one image in, one scalar per (metric, task) out, e.g. ``drc_mse_center
 RAW (MSE lower = member); :data:`jaxmia.drc.metrics.ORIENTATION` says which way each points.
 
 Randomness (docs/methods/design.md §5): the restoration noise of image i and task τ comes from
-``key_for(root, id_hash_i, "drc:" + τ.name)``; a task's mask from ``"drc-mask:" + τ.name`` (shared
+``key_for(root, id_hash_i, "drc:" + τ.name)`` (``fold_in(root, "drc:" + τ.name)`` for every image under
+``shared_noise``); a task's mask from ``"drc-mask:" + τ.name`` (shared
 by all images, or folded with the id under ``per_image_masks``). Task names, not positions, key the
 draws, so adding or removing a ratio leaves the other tasks' scores unchanged.
 """
@@ -15,10 +16,12 @@ from __future__ import annotations
 import functools
 
 import jax
+import jax.numpy as jnp
 
+from jaxmia import schedule as sched
 from jaxmia.drc.config import DRCConfig, tasks
 from jaxmia.drc.masks import hole_fraction, purpose_keys, task_masks
-from jaxmia.drc.metrics import compare
+from jaxmia.drc.metrics import compare, model_distance
 from jaxmia.drc.restore import inpaint_one, plan_for
 
 
@@ -45,17 +48,34 @@ def drc_one(denoiser, image, cond, id_hash, root, user_mask=None, *, cfg: DRCCon
     height, width, _ = image.shape
     task_list = tasks(cfg)
     masks = task_masks(cfg, height, width, root, id_hash, user_mask)
-    keys = purpose_keys(root, [f"drc:{t.name}" for t in task_list], id_hash)
-    restore = functools.partial(inpaint_one, denoiser, plan=plan_for(denoiser, cfg), eta=cfg.eta, init=cfg.init)
+    keys = purpose_keys(root, [f"drc:{t.name}" for t in task_list], None if cfg.shared_noise else id_hash)
+    restore = functools.partial(inpaint_one, denoiser, plan=plan_for(denoiser, cfg), eta=cfg.eta, init=cfg.init,
+                                restore=cfg.restore)
     restored = jax.vmap(lambda m, k: restore(image, m, k, cond))(masks, keys)
     score = functools.partial(compare, metrics=cfg.jax_metrics, window=cfg.ssim_window, sigma=cfg.ssim_sigma)
     scores = jax.vmap(lambda m, y: score(image, y, m))(masks, restored)
+    if "model" in cfg.metrics:
+        scores["model"] = _model_scores(denoiser, image, restored, cond, id_hash, root, cfg)
     return {
         "masks": masks,
         "restored": restored,
         "hole_fraction": jax.vmap(hole_fraction)(masks),
         "scores": scores,
     }
+
+
+def _model_scores(denoiser, image, restored, cond, id_hash, root, cfg: DRCConfig):
+    """(R,) :func:`~jaxmia.drc.metrics.model_distance` of every task's restoration; one ε per image
+    (purpose ``"drc-model"``, shared by all images under ``shared_noise``), shared by its tasks."""
+    t = cfg.model_timestep
+    if t >= denoiser.schedule.num_train_timesteps:
+        raise ValueError(f"DRCConfig.model_timestep: got {t}, expected < T = {denoiser.schedule.num_train_timesteps}")
+    if denoiser.is_latent:
+        raise ValueError("DRC metric 'model' compares in the denoiser's input space; latent models are not supported")
+    key = purpose_keys(root, ["drc-model"], None if cfg.shared_noise else id_hash)[0]
+    noise = jax.random.normal(key, image.shape, image.dtype)
+    eps_x = denoiser.eps(sched.q_sample(denoiser.schedule, image, t, noise), jnp.asarray(t, jnp.int32), cond)
+    return jax.vmap(lambda y: model_distance(eps_x, denoiser, y, t, noise, cond))(restored)
 
 
 def drc_features(denoiser, x0, cond, id_hash, root, cfg: DRCConfig) -> dict:

@@ -7,6 +7,10 @@ callers vmap them. Raw values are returned (MSE is lower = member); :data:`ORIEN
 An empty hole (nothing to restore) counts as a perfect restoration: MSE 0, PSNR 100 dB, SSIM 1.
 Built-in masks never have an empty hole (:mod:`jaxmia.drc.masks`).
 
+The ``model`` metric (:func:`model_distance`) is the distance between the target denoiser's outputs
+on the original and on the restoration at a small t with one fixed noise: jaxmia's semantic compare
+that needs no outside weights.
+
 Note: "Model Will Tell" (Fu et al., arXiv 2403.08487) compares semantic embeddings (CLIP, a face
 encoder), which jaxmia neither bundles nor downloads; pass a local ``embed_fn`` to
 :func:`jaxmia.drc.run_drc` for the cosine score. The pixel metrics are jaxmia's defaults.
@@ -17,12 +21,14 @@ from __future__ import annotations
 import jax.numpy as jnp
 import numpy as np
 
+from jaxmia import schedule as sched
+
 DATA_RANGE = 2.0  # images live in [−1, 1]
 PSNR_CAP_DB = 100.0
 SSIM_K1, SSIM_K2 = 0.01, 0.03
 
 # +1: higher = member as computed; −1: lower = member (negate before any metric).
-ORIENTATION = {"mse": -1.0, "mse_full": -1.0, "psnr": 1.0, "ssim": 1.0, "cos": 1.0}
+ORIENTATION = {"mse": -1.0, "mse_full": -1.0, "psnr": 1.0, "ssim": 1.0, "model": -1.0, "cos": 1.0}
 
 
 def orient(values, metric: str):
@@ -115,6 +121,19 @@ def masked_ssim(x, y, mask, *, window: int = 11, sigma: float = 1.5):
     return jnp.where(denom > 0, jnp.sum(hole * smap) / jnp.maximum(denom, 1.0), 1.0)
 
 
+def model_distance(eps_x, denoiser, y, t, noise, cond=None):
+    """The ``model`` metric: mean over elements of (ε̂_θ(q(x0, t, ε), t) − ε̂_θ(q(x̂, t, ε), t))².
+
+    The target's own denoiser as the feature extractor ("compare" in the model's view, no outside
+    weights): both images are noised to the same small t with the SAME ε, so the distance is the
+    change of the network's output that the restoration x̂ causes. ``eps_x`` is the original's
+    ε̂ (computed once per image by the caller). Lower = member. Images in the denoiser's space.
+    """
+    t = jnp.asarray(t, jnp.int32)
+    eps_y = denoiser.eps(sched.q_sample(denoiser.schedule, y, t, noise), t, cond)
+    return jnp.mean((eps_x - eps_y) ** 2)
+
+
 def compare(x, y, mask, metrics=("mse", "psnr", "ssim"), *, window: int = 11, sigma: float = 1.5) -> dict:
     """The requested pixel metrics of one restoration ``y`` of ``x`` under mask M (raw orientation)."""
     out = {}
@@ -128,6 +147,8 @@ def compare(x, y, mask, metrics=("mse", "psnr", "ssim"), *, window: int = 11, si
             out[name] = psnr(mse)
         elif name == "ssim":
             out[name] = masked_ssim(x, y, mask, window=window, sigma=sigma)
+        elif name == "model":
+            continue  # needs the denoiser: :func:`model_distance`, computed by the caller
         else:
             raise ValueError(f"metric {name!r} is not a pixel metric; known: mse, mse_full, psnr, ssim")
     return out

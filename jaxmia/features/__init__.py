@@ -1,9 +1,10 @@
 """Per-image membership signals as per-example JAX kernels, loss sweeps and ``extract()``.
 
 Signals (docs/methods/cdi.md §4; docs/methods/mia.md §3): ``loss``, ``secmi``, ``pia``, ``pian``,
-``multi_loss``, ``grad_mask``, ``noise_opt`` and ``cdi`` (the 26-d vector). Configs and presets:
-:class:`FeatureConfig`, :data:`PRESETS` (``cdi``, ``cdi_reference``, ``secmi_mia``, ``pia_mia``,
-``loss_mia``).
+``multi_loss``, ``grad_mask``, ``noise_opt``, ``cdi`` (the 26-d vector) and ``drc``; ``jaxmia signals``
+lists them. A new signal registers itself when its module is imported (:mod:`jaxmia.features.registry`).
+Configs and presets: :class:`FeatureConfig`, :data:`PRESETS` (``cdi``, ``cdi_reference``, ``secmi_mia``,
+``pia_mia``, ``loss_mia``, ``cdi_drc``).
 """
 
 from jaxmia.features.config import FeatureConfig  # noqa: F401
@@ -22,10 +23,10 @@ from jaxmia.features.registry import parse_features  # noqa: F401
 from jaxmia.features.registry import plan_columns  # noqa: F401
 from jaxmia.features.registry import plan_cost  # noqa: F401
 from jaxmia.features.registry import register_feature  # noqa: F401
-from jaxmia.features.runner import DEFAULT_SHARD_MIN_SIZE  # noqa: F401
-from jaxmia.features.runner import data_mesh  # noqa: F401
-from jaxmia.features.runner import leaf_sharding  # noqa: F401
-from jaxmia.features.runner import shard_denoiser  # noqa: F401
+from jaxmia.runtime import DEFAULT_SHARD_MIN_SIZE  # noqa: F401
+from jaxmia.runtime import data_mesh  # noqa: F401
+from jaxmia.runtime import leaf_sharding  # noqa: F401
+from jaxmia.runtime import shard_denoiser  # noqa: F401
 
 # Built-in signals register themselves on import (order = nothing but readability).
 from jaxmia.features import grad_mask as _grad_mask  # noqa: F401,E402
@@ -34,6 +35,7 @@ from jaxmia.features import noise_opt as _noise_opt  # noqa: F401,E402
 from jaxmia.features import pia as _pia  # noqa: F401,E402
 from jaxmia.features import secmi as _secmi  # noqa: F401,E402
 from jaxmia.features import cdi as _cdi  # noqa: F401,E402
+from jaxmia.features import drc as _drc  # noqa: F401,E402
 
 from jaxmia.features.cdi import CDI_PARTS  # noqa: F401,E402
 from jaxmia.features.cdi import cdi_columns  # noqa: F401,E402

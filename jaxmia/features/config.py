@@ -11,6 +11,14 @@ Every hyperparameter and every reference quirk (docs/methods/cdi.md §10, Q1–Q
   PIAN scaled to √(2/π); docs/methods/mia.md §3.3–3.4);
 * ``loss_mia``: the naive loss attack as in PIA's table (t = 200, one draw, squared L2; §3.1).
 
+Each preset also names the signals it runs (:data:`PRESET_SIGNALS`; ``jaxmia features --preset P`` runs
+them unless ``--features`` says otherwise); ``cdi_drc`` adds the DRC signal to the CDI vector.
+
+A signal may own a config section besides the flat fields (its registration's ``section``, e.g. ``drc``
+holds a :class:`jaxmia.drc.DRCConfig`): ``cfg.section("drc")``, set with ``make_config(drc={...})`` or
+``--set features.drc.steps=10`` (``[features.drc]`` in a TOML file), parsed by :mod:`jaxmia.config`
+(:func:`jaxmia.config.sections_field`), written as a nested ``"drc"`` entry of :meth:`FeatureConfig.to_dict`.
+
 An unknown field, in a preset, an override or a resumed run, is an error that names it.
 """
 
@@ -28,6 +36,9 @@ from jaxmia.features.norms import check_norm
 DEFAULT_TIMESTEPS = tuple(range(0, 1000, 100))  # 0, 100, ..., 900 (ML and GM, docs/methods/cdi.md §4.4-4.5)
 PIAN_SCALES = ("gaussian_mean_abs", "cdi_reference")
 NO_MODES = ("per_example", "reference")
+
+# signal name -> the dataclass of its own config section (filled by register_feature(section=...)).
+SECTION_TYPES: dict[str, type] = {}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,6 +62,8 @@ class FeatureConfig:
         Noise Optimisation (§4.6). ``per_example`` (default): L-BFGS per sample under vmap (Q3);
         ``reference``: SciPy L-BFGS-B over each whole flat batch. ``no_double_noise`` re-noises the
         optimised point before the final loss, as the reference does (Q4).
+      sections: the config sections of registered signals that own one, as sorted ``(name, config)``
+        pairs (hashable); read with :meth:`section`, built by :func:`make_config`.
     """
 
     dl_timestep: int = 100
@@ -81,8 +94,10 @@ class FeatureConfig:
     no_memory_size: int = 10
     no_max_linesearch_steps: int = 20
 
+    sections: tuple = typed.sections_field(SECTION_TYPES)
+
     def __post_init__(self):
-        typed.coerce_fields(self)  # the one parser: types, lists -> tuples, ints widened to floats
+        typed.coerce_fields(self)  # the one parser: types, lists -> tuples, ints widened, sections built
         for name in ("ml_timesteps", "gm_timesteps"):
             value = getattr(self, name)
             if not value or min(value) < 0:
@@ -109,20 +124,42 @@ class FeatureConfig:
             raise ValueError(f"no_mode: unknown value {self.no_mode!r}; known: {', '.join(NO_MODES)}")
 
     def to_dict(self) -> dict:
+        """The flat fields, then each set section as a nested ``{name: {field: value}}`` entry."""
         return typed.to_mapping(self)
 
     def digest(self) -> str:
         return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:16]
 
-    def max_timestep(self) -> int:
-        """The largest timestep any signal queries (checked against the model's schedule)."""
-        return max(
-            self.dl_timestep, self.secmi_t_cmp + self.secmi_stride, self.pia_timestep,
-            max(self.ml_timesteps), max(self.gm_timesteps), self.no_timestep,
-        )
+    def section(self, name: str):
+        """The config section of signal ``name``: the one set here, or its registered defaults."""
+        got = dict(self.sections)
+        if name in got:
+            return got[name]
+        if name not in SECTION_TYPES:
+            raise ValueError(f"no config section {name!r}; signals with one: {', '.join(sorted(SECTION_TYPES)) or 'none'}")
+        return SECTION_TYPES[name]()
+
+    def with_sections(self, **sections) -> "FeatureConfig":
+        """A copy with these sections (section objects, or ``{field: value}`` overrides of the current one)."""
+        typed.check_keys(sections, tuple(SECTION_TYPES), source="FeatureConfig.with_sections", what="config section")
+        return typed.apply_overrides(self, sections, source="FeatureConfig.with_sections", what="feature config")
+
+    def max_timestep(self, names: Sequence[str] | None = None) -> int:
+        """The largest timestep the signals ``names`` (default: every registered one) query.
+
+        Derived from the registrations' ``timesteps`` (:func:`jaxmia.features.registry.plan_max_timestep`).
+        """
+        from jaxmia.features.registry import FEATURES, plan_max_timestep
+
+        return plan_max_timestep(tuple(FEATURES) if names is None else names, self)
 
 
-FIELD_NAMES = tuple(f.name for f in dataclasses.fields(FeatureConfig))
+def _flat_fields():
+    return [f for f in dataclasses.fields(FeatureConfig) if f.name != "sections"]
+
+
+FIELD_NAMES = tuple(f.name for f in _flat_fields())
+
 
 PRESETS: dict[str, dict[str, Any]] = {
     "cdi": {},
@@ -136,7 +173,25 @@ PRESETS: dict[str, dict[str, Any]] = {
     "secmi_mia": {"secmi_t_cmp": 90, "secmi_stride": 10, "secmi_norm": "squared_l2"},
     "pia_mia": {"pia_timestep": 200, "pia_p": 4.0, "pia_root": False, "pian_scale": "gaussian_mean_abs"},
     "loss_mia": {"dl_timestep": 200, "dl_n_draws": 1, "dl_norm": "squared_l2"},
+    "cdi_drc": {},
 }
+# The signals each preset runs (``jaxmia features --preset P`` without ``--features``).
+PRESET_SIGNALS: dict[str, tuple[str, ...]] = {
+    "cdi": ("cdi",),
+    "cdi_reference": ("cdi",),
+    "secmi_mia": ("secmi",),
+    "pia_mia": ("pia", "pian"),
+    "loss_mia": ("loss",),
+    "cdi_drc": ("cdi", "drc"),
+}
+
+
+def preset_signals(preset: str | None) -> tuple[str, ...]:
+    """The signals preset ``preset`` runs (an unknown preset is an error naming the known ones)."""
+    name = "cdi" if preset is None else str(preset)
+    if name not in PRESET_SIGNALS:
+        raise ValueError(f"unknown feature preset {name!r}; known: {', '.join(PRESET_SIGNALS)}")
+    return PRESET_SIGNALS[name]
 
 
 def make_config(preset: str | FeatureConfig | None = "cdi", **overrides: Any) -> FeatureConfig:
@@ -150,22 +205,52 @@ def make_config(preset: str | FeatureConfig | None = "cdi", **overrides: Any) ->
         base = FeatureConfig(**PRESETS[name])
     if not overrides:
         return base
-    return typed.from_mapping(FeatureConfig, {**base.to_dict(), **overrides}, source="config override",
-                              what="feature config")
+    return typed.apply_overrides(base, overrides, source="config override", what="feature config")
 
 
 def config_from_dict(values: Mapping[str, Any], *, source: str = "feature config") -> FeatureConfig:
-    """A :class:`FeatureConfig` from a mapping (a table's meta, a ``config.json``): :func:`jaxmia.config.from_mapping`."""
+    """A :class:`FeatureConfig` from a mapping (a table's meta, a ``config.json``; a signal's section as a
+    nested ``name`` table): :func:`jaxmia.config.from_mapping`."""
     return typed.from_mapping(FeatureConfig, values, source=source, what="feature config")
 
 
+def _number_or_text(text: str):
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            pass
+    return text
+
+
 def parse_overrides(items: Sequence[str]) -> dict[str, Any]:
-    """``["no_mode=reference", "ml_timesteps=0,500"]`` -> typed overrides: the section-less form of
-    ``features --set features.FIELD=VALUE`` (deprecated), parsed by :func:`jaxmia.config.parse_set`."""
+    """``["no_mode=reference", "ml_timesteps=0,500", "drc.steps=10"]`` -> typed overrides: the section-less
+    form of ``features --set features.FIELD=VALUE`` (deprecated), parsed by :func:`jaxmia.config.parse_set`.
+
+    ``SIGNAL.FIELD=VALUE`` sets a field of a signal's own section (typed by the section's hints).
+    """
     values = typed.parse_set([f"features.{item}" for item in items]).get("features", {})
-    typed.check_keys(values, FIELD_NAMES, source="config override", what="feature config")
+    return typed_overrides(values, source="config override")
+
+
+def typed_overrides(values: Mapping[str, Any], *, source: str, prefix: str = "") -> dict[str, Any]:
+    """``values`` (flat fields, and signal sections as nested tables) checked and converted by the hints of
+    :class:`FeatureConfig` and of each section (:func:`jaxmia.config.coerce`); unknown keys are refused."""
+    typed.check_keys(values, (*FIELD_NAMES, *SECTION_TYPES), source=source, what="feature config", prefix=prefix)
     hints = typing.get_type_hints(FeatureConfig)
-    return {k: typed.coerce(v, hints[k], path=k, source="config override") for k, v in values.items()}
+    out: dict[str, Any] = {}
+    for key, value in values.items():
+        if key not in SECTION_TYPES:
+            out[key] = typed.coerce(value, hints[key], path=prefix + key, source=source)
+            continue
+        where = f"{prefix}{key}"
+        if not isinstance(value, Mapping):
+            raise ValueError(f"{source}: {where} must be a table ({SECTION_TYPES[key].__name__}), got {value!r}")
+        section_hints = typing.get_type_hints(SECTION_TYPES[key])
+        known = [f.name for f in dataclasses.fields(SECTION_TYPES[key]) if f.init]
+        typed.check_keys(value, known, source=source, what=f"{key} config", prefix=f"{where}.")
+        out[key] = {k: typed.coerce(v, section_hints[k], path=f"{where}.{k}", source=source) for k, v in value.items()}
+    return out
 
 
 def config_diff(a: Mapping[str, Any], b: Mapping[str, Any]) -> list[str]:

@@ -1,52 +1,49 @@
 """``extract()``: run any set of registered signals over a data set and write a feature table.
 
-One jitted program per (features, config, conditioning, shapes) vmaps the per-example kernels over
-a fixed-size batch sharded on the ``"data"`` axis of a ``("data", "model")`` mesh (params
-replicated, or split over ``"model"``; :mod:`jaxmia.features.runner`); the last batch is padded
-and masked, so nothing recompiles. Randomness comes from (seed, image id, purpose), so the table
-does not depend on the batch size, the device count or interruptions (docs/methods/design.md §4, §5).
+The union of the requested kernels is ONE per-example function (:func:`feature_kernel`), run by
+:func:`jaxmia.runtime.map_examples`: vmapped over fixed-size chunks sharded on the ``"data"`` axis
+of a ``("data", "model")`` mesh (params replicated, or split over ``"model"``), the last chunk
+padded and masked, so nothing recompiles. Randomness comes from (seed, image id, purpose), so the
+table does not depend on the batch size, the device count or interruptions (docs/methods/design.md
+§4, §5). Batch-coupled host stages (``no_mode="reference"``) and the noise-optimisation lane pools
+(:mod:`jaxmia.features.lanes`) run on each step's rows inside the same loop.
 
 Resume: after every batch the finished rows go to ``<out>.partial.npz`` (atomic rename) with the
-run's identity (features, columns, resolved config, seed, model digest, shapes; plus the batch size
-when ``no_mode="reference"``, whose values depend on it). A restart with the same identity skips the
-finished ids; a different identity is refused with the differences named. An interrupted run,
-resumed, gives the same table as an uninterrupted one.
+run's identity (:func:`run_identity`: features, columns, resolved config, seed, model digest,
+shapes; plus the batch size when ``no_mode="reference"``, whose values depend on it). A restart with
+the same identity skips the finished ids; a different identity is refused with the differences
+named. An interrupted run, resumed, gives the same table as an uninterrupted one.
+:func:`resolve_run` computes the placement and identity a call will use, also for
+:mod:`jaxmia.distributed`, which checks finished shards against it.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
-import json
-import os
 import time
-from pathlib import Path
 from typing import Callable, Iterable, Optional
 
 import jax
 import numpy as np
 
-from jaxmia import compile_cache, rng
+from jaxmia import compile_cache, rng, runtime
 from jaxmia import schedule as sched
-from jaxmia.progress import Progress
-from jaxmia.features import runner
-from jaxmia.features.config import FeatureConfig, config_diff, flatten_nested, make_config
-from jaxmia.features.keys import SAMPLE_KEY_AXES, SampleKey
+from jaxmia.features.config import FeatureConfig, make_config
+from jaxmia.features.keys import SampleKey
 from jaxmia.features.lanes import LanePool
 from jaxmia.features.registry import (SharedWork, expand_requested, get_feature, parse_features, plan_columns,
-                                     plan_cost, plan_directions)
+                                     plan_config, plan_cost, plan_directions, plan_groups, plan_signals)
+from jaxmia.runtime import partial_path  # noqa: F401  (public: jaxmia.features.partial_path)
 from jaxmia.table import FeatureTable, save_table
 
 
 @functools.lru_cache(maxsize=64)
-def jit_features(names: tuple, cfg: FeatureConfig, with_cond: bool, mesh=None, lanes: bool = False):
-    """jit(vmap over examples) of the union of the kernels ``names``.
+def feature_kernel(names: tuple, cfg: FeatureConfig, lanes: bool = False):
+    """ONE example's columns of the kernels ``names``: ``kernel(denoiser, x0, cond, key) -> {column: scalar}``.
 
-    Static (baked into the program): the names, the config, whether conditions are passed, the
-    mesh (with one, every data-axis device runs the vmapped kernels on its own rows,
-    :func:`runner.per_device_jit`) and ``lanes``: leave out the columns of lane stages
-    (:mod:`jaxmia.features.lanes` computes them; ``extract()`` does so). The denoiser, the batch,
-    the root key and the id hashes are arguments; jit re-traces only for new shapes or a new
-    network function.
+    ``lanes``: leave out the columns of lane stages (:mod:`jaxmia.features.lanes` computes them;
+    ``extract()`` does so). Cached, so the program built from it (:func:`jit_features`) compiles once.
     """
     specs = [get_feature(n) for n in names]
     columns = [c for s in specs for c in s.device_columns(cfg, lanes=lanes)]
@@ -62,19 +59,23 @@ def jit_features(names: tuple, cfg: FeatureConfig, with_cond: bool, mesh=None, l
             raise ValueError(f"feature kernels did not produce column(s) {', '.join(missing)}")
         return {c: out[c] for c in columns}
 
-    def program(denoiser, x0, cond, root, id_hash):
-        keys = SampleKey(root=root, id_hash=id_hash)
-        in_axes = (None, 0, 0 if with_cond else None, SAMPLE_KEY_AXES)
-        return jax.vmap(per_example, in_axes=in_axes)(denoiser, x0, cond, keys)
+    return per_example
 
-    if mesh is None:
-        return jax.jit(program)
-    return runner.per_device_jit(program, mesh, batched=(False, True, with_cond, False, True))
+
+def jit_features(names: tuple, cfg: FeatureConfig, with_cond: bool, mesh=None, lanes: bool = False):
+    """jit(vmap over examples) of the union of the kernels ``names`` (:func:`runtime.jit_examples`).
+
+    Static (baked into the program): the names, the config, whether conditions are passed, the
+    mesh (with one, every data-axis device runs the vmapped kernels on its own rows,
+    :func:`runtime.per_device_jit`) and ``lanes`` (:func:`feature_kernel`). The program is
+    ``program(denoiser, x0, cond, root, id_hash)``; jit re-traces only for new shapes or a new
+    network function.
+    """
+    return runtime.jit_examples(feature_kernel(tuple(names), cfg, lanes), mesh, with_cond)
 
 
 def _fit_memory(placed, names, cfg, data, with_cond, device_memory, progress):
     """The placement with a per-device batch that fits the devices' memory (jaxmia.memory), and the note."""
-    import dataclasses
     import sys
 
     from jaxmia import memory
@@ -97,14 +98,15 @@ def _fit_memory(placed, names, cfg, data, with_cond, device_memory, progress):
 def run_identity(names, columns, cfg, seed, denoiser, batch_size, per_device_batch) -> dict:
     """What makes two runs' rows interchangeable: features, columns, config, seed, model, shapes.
 
-    ``per_device_batch`` is the compiled shape, which fixes float rounding (runner's docstring); the
-    batch size is part of it only for batch-coupled signals (``no_mode="reference"``). Partial
-    files, and the shards of :mod:`jaxmia.distributed`, are resumed or merged only when it matches.
+    ``per_device_batch`` is the compiled shape, which fixes float rounding (jaxmia.runtime's
+    docstring); the batch size is part of it only for batch-coupled signals (``no_mode="reference"``).
+    Partial files, and the shards of :mod:`jaxmia.distributed`, are resumed or merged only when it
+    matches.
     """
     ident = {
         "features": list(names),
         "columns": list(columns),
-        "config": cfg.to_dict(),
+        "config": plan_config(names, cfg).to_dict(),
         "seed": int(seed),
         "model_digest": denoiser.digest,
         "schedule_digest": sched.schedule_digest(denoiser.schedule),
@@ -116,35 +118,41 @@ def run_identity(names, columns, cfg, seed, denoiser, batch_size, per_device_bat
     return ident
 
 
-def partial_path(out) -> Path:
-    return Path(str(out) + ".partial.npz")
+@dataclasses.dataclass(frozen=True)
+class ResolvedRun:
+    """What one ``extract()`` call runs: the signals, columns, data, placement and identity."""
+
+    names: tuple
+    cfg: FeatureConfig
+    columns: list
+    data: object  # the Dataset
+    with_cond: bool
+    placed: runtime.Placement
+    micro: Optional[dict]  # the memory fit's note (jaxmia.memory), or None
+    identity: dict
 
 
-def _load_partial(path: Path, identity: dict, data) -> dict[str, np.ndarray]:
-    with np.load(path, allow_pickle=False) as z:
-        saved = json.loads(str(z["identity"]))
-        ids, values = z["ids"].astype(str).tolist(), np.asarray(z["values"], np.float64)
-    if saved != identity:
-        diff = config_diff(flatten_nested(saved), flatten_nested(identity))
-        raise ValueError(
-            f"{path}: partial results were made with a different configuration ({'; '.join(diff)}); "
-            "delete it or rerun with the same settings"
-        )
-    known = set(data.ids)
-    stray = [i for i in ids if i not in known]
-    if stray:
-        raise ValueError(f"{path}: holds id(s) not in the data ({', '.join(map(repr, stray[:5]))})")
-    return dict(zip(ids, values))
+def resolve_run(denoiser, data, features="cdi", *, config=None, seed: int = 0, batch_size=None, devices=None,
+                per_device_batch=None, mesh_shape=None, shard_min_size: int = runtime.DEFAULT_SHARD_MIN_SIZE,
+                device_memory=None, progress: bool = False) -> ResolvedRun:
+    """Validates an ``extract()`` call's inputs, places the denoiser and computes the run's identity.
 
-
-def _save_partial(path: Path, identity: dict, done: dict[str, np.ndarray], n_columns: int) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    ids = list(done)
-    values = np.stack([done[i] for i in ids]) if ids else np.zeros((0, n_columns))
-    with open(tmp, "wb") as f:
-        np.savez(f, ids=np.asarray(ids, dtype=str), values=values, identity=np.asarray(json.dumps(identity, sort_keys=True)))
-    os.replace(tmp, path)
+    The one place the identity comes from: ``extract()`` runs with it, and :mod:`jaxmia.distributed`
+    compares finished shards with it (micro-batching included, :func:`_fit_memory`).
+    """
+    cfg = config if isinstance(config, FeatureConfig) else make_config(config)
+    names = parse_features(features)
+    cfg = plan_config(names, cfg)  # the requested signals' own sections, defaults filled in
+    columns = plan_columns(names, cfg)
+    data = runtime.as_dataset(data)
+    runtime.check_images(denoiser, data)
+    runtime.check_timesteps(denoiser, cfg.max_timestep(names), source="feature config")
+    with_cond = runtime.uses_cond(denoiser, data)
+    placed = runtime.place(denoiser, seed, batch_size, devices, per_device_batch=per_device_batch,
+                           mesh_shape=mesh_shape, shard_min_size=shard_min_size)
+    placed, micro = _fit_memory(placed, names, cfg, data, with_cond, device_memory, progress)
+    identity = run_identity(names, columns, cfg, seed, denoiser, placed.batch_size, placed.per_device_batch)
+    return ResolvedRun(names, cfg, columns, data, with_cond, placed, micro, identity)
 
 
 def _versions() -> dict:
@@ -172,7 +180,7 @@ def extract(
     resume: bool = True,
     per_device_batch: Optional[int] = None,
     mesh_shape: Optional[tuple] = None,
-    shard_min_size: int = runner.DEFAULT_SHARD_MIN_SIZE,
+    shard_min_size: int = runtime.DEFAULT_SHARD_MIN_SIZE,
     extra_meta: Optional[dict] = None,
     device_memory: Optional[int] = None,
 ) -> FeatureTable:
@@ -194,7 +202,7 @@ def extract(
       on_batch: called with a progress dict after each batch has been saved.
       resume: continue from a matching ``<out>.partial.npz`` (False: start over, overwriting it).
       per_device_batch: images each data-axis device computes per call (default
-        :data:`runner.DEFAULT_PER_DEVICE_BATCH`): the compiled shape, and with it the float
+        :data:`runtime.DEFAULT_PER_DEVICE_BATCH`): the compiled shape, and with it the float
         rounding, so it is part of the run's identity. Larger is faster on an accelerator.
       mesh_shape: (data, model) device counts, e.g. ``(2, 4)``, one may be -1; default
         ``(n_devices, 1)``. A model axis > 1 splits every parameter leaf of at least
@@ -214,86 +222,51 @@ def extract(
     t_start = time.perf_counter()
     compile_cache.ensure_default()  # compile once: the persistent cache (jaxmia.compile_cache)
     compiled_before = compile_cache.snapshot()
-    cfg = config if isinstance(config, FeatureConfig) else make_config(config)
-    names = parse_features(features)
-    columns = plan_columns(names, cfg)
-    data = runner.as_dataset(data)
-    runner.check_images(denoiser, data)
-    runner.check_timesteps(denoiser, cfg.max_timestep(), source="feature config")
-    with_cond = runner.uses_cond(denoiser, data)
-    placed = runner.place(denoiser, seed, batch_size, devices, per_device_batch=per_device_batch,
-                          mesh_shape=mesh_shape, shard_min_size=shard_min_size)
-    placed, micro = _fit_memory(placed, names, cfg, data, with_cond, device_memory, progress)
+    run = resolve_run(denoiser, data, features, config=config, seed=seed, batch_size=batch_size, devices=devices,
+                      per_device_batch=per_device_batch, mesh_shape=mesh_shape, shard_min_size=shard_min_size,
+                      device_memory=device_memory, progress=progress)
+    names, cfg, columns, data, with_cond, placed = run.names, run.cfg, run.columns, run.data, run.with_cond, run.placed
     batch_size = placed.batch_size
-    identity = run_identity(names, columns, cfg, seed, denoiser, batch_size, placed.per_device_batch)
-
-    done: dict[str, np.ndarray] = {}
-    partial = partial_path(out) if out is not None else None
-    if partial is not None and partial.exists() and resume:
-        done = _load_partial(partial, identity, data)
-    resumed_rows = len(done)
-    todo = [sid for sid in data.ids if sid not in done]
 
     host_specs = [get_feature(n) for n in names if get_feature(n).host_columns(cfg)]
-    jit_program = jit_features(names, cfg, with_cond, placed.mesh, lanes=True)
     has_device_columns = any(get_feature(n).device_columns(cfg, lanes=True) for n in names)
     # Lane stages (noise optimisation): one pool each, spanning batches, so no example waits on the
     # slowest of its batch (jaxmia.features.lanes); a row is done when its lanes have finished.
     pools = [LanePool(placed, spec.lane, cfg, with_cond) for spec in map(get_feature, names) if spec.lane_columns(cfg)]
     owed: dict[str, dict] = {}  # rows still waiting for lane columns: their other columns
     host_root = rng.root_key(int(seed)) if host_specs else None  # host stage runs on the default device
-    stages = {"inputs": 0.0, "encode": 0.0, "features": 0.0, "host_features": 0.0, "lanes": 0.0, "save_partial": 0.0}
-    first_batch_s = None
-    total = runner.n_batches(len(todo), batch_size)
-    bar = Progress("jaxmia features", total=len(todo), enabled=progress)
 
-    for k, batch in enumerate(runner.batches(data, todo, batch_size), start=1):
+    def collect(step: runtime.Step) -> dict[str, np.ndarray]:
         t0 = time.perf_counter()
-        real_ids = [sid for sid, real in zip(batch.ids, batch.mask) if real]
-        pieces = [(sub.mask, *runner.shard_inputs(placed, sub, with_cond), sub.ids)
-                  for sub in runner.chunks(batch, placed.chunk)]
-        t1 = time.perf_counter()
-        pieces = [(mask, jax.block_until_ready(runner.encode(placed, x, id_hash)), cond, id_hash, ids)
-                  for mask, x, cond, id_hash, ids in pieces]
-        t2 = time.perf_counter()
-        values: dict[str, np.ndarray] = {}
-        if has_device_columns:  # dispatch every chunk, then wait: devices never idle between chunks
-            outs = [(mask, jit_program(placed.denoiser, x0, cond, placed.root, id_hash))
-                    for mask, x0, cond, id_hash, _ in pieces]
-            values = {c: np.concatenate([np.asarray(out[c], np.float64)[mask] for mask, out in outs])
-                      for c in outs[0][1]}
-        t3 = time.perf_counter()
+        values = {c: np.asarray(v, np.float64) for c, v in (step.outputs or {}).items()}
         if host_specs:  # batch-coupled signals: the step's real rows only, no padding
-            x0_real = np.concatenate([np.asarray(x0)[mask] for mask, x0, _, _, _ in pieces])
-            cond_real = None if not with_cond else np.concatenate([np.asarray(c)[mask] for mask, _, c, _, _ in pieces])
+            x0_real, cond_real = step.real("x0"), step.real("cond") if with_cond else None
             for spec in host_specs:
-                values.update(spec.host_fn(denoiser, x0_real, cond_real, host_root, batch.id_hash[batch.mask], cfg))
-        t4 = time.perf_counter()
-        for i, sid in enumerate(real_ids):
+                values.update(spec.host_fn(denoiser, x0_real, cond_real, host_root, step.id_hash, cfg))
+        t1 = time.perf_counter()
+        for i, sid in enumerate(step.ids):
             owed[sid] = {c: v[i] for c, v in values.items()}
         for pool in pools:
-            for mask, x0, cond, id_hash, ids in pieces:
-                pool.submit(ids, mask, x0, cond, id_hash)
-            for sid, cols in pool.run(drain=k == total):
+            for c in step.chunks:
+                pool.submit(c.ids, c.mask, c.x0, c.cond, c.id_hash)
+            for sid, cols in pool.run(drain=step.last):
                 owed[sid].update(cols)
-        finished = [sid for sid, row in owed.items() if len(row) == len(columns)]
+        finished = {sid: np.array([row[c] for c in columns], np.float64)
+                    for sid, row in owed.items() if len(row) == len(columns)}
         for sid in finished:
-            row = owed.pop(sid)
-            done[sid] = np.array([row[c] for c in columns], np.float64)
-        t5 = time.perf_counter()
-        if partial is not None:
-            _save_partial(partial, identity, done, len(columns))
-        t6 = time.perf_counter()
-        for name, dt in zip(stages, (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t5 - t4, t6 - t5)):
-            stages[name] += dt
-        if k == 1:
-            first_batch_s = t6 - t0
-        bar.update(len(finished))
-        if on_batch is not None:
-            on_batch({"batch": k, "n_batches": total, "images_done": len(done), "n_images": len(data.ids),
-                      "images_per_s": bar.rate or None, "eta_s": bar.eta})
-    if todo:
-        bar.finish()
+            del owed[sid]
+        step.timings.update(host_features=t1 - t0, lanes=time.perf_counter() - t1)
+        return finished
+
+    partial = None if out is None else runtime.PartialRows(partial_path(out), run.identity, len(columns))
+    mapped = runtime.map_examples(
+        feature_kernel(names, cfg, True) if has_device_columns else None, data, placement=placed,
+        with_cond=with_cond, collect=collect, partial=partial, resume=resume, progress=progress,
+        label="jaxmia features", on_batch=on_batch)
+    done, bar = mapped.rows, mapped.progress
+    stages = {"inputs": 0.0, "encode": 0.0, "features": 0.0, "host_features": 0.0, "lanes": 0.0, "save_partial": 0.0}
+    for name, dt in mapped.timings.items():
+        stages["features" if name == "device" else name] += dt
 
     values = np.stack([done[sid] for sid in data.ids]) if data.ids else np.zeros((0, len(columns)))
     cost = plan_cost(names, cfg)
@@ -302,6 +275,8 @@ def extract(
         "kind": "features",
         "features": list(names),
         **plan_directions(names, cfg),
+        "groups": plan_groups(names, cfg),
+        "signals": plan_signals(names, cfg),
         "config": cfg.to_dict(),
         "seed": int(seed),
         "model_digest": denoiser.digest,
@@ -311,16 +286,16 @@ def extract(
         "n_devices": placed.n_devices,
         "mesh_shape": list(placed.mesh_shape),
         "per_device_batch": placed.per_device_batch,
-        "micro_batching": micro,
+        "micro_batching": run.micro,
         "devices": [str(d) for d in placed.mesh.devices.ravel()],
         "unet_evals_per_image": cost.as_dict(),
-        "resumed_rows": resumed_rows,
+        "resumed_rows": mapped.resumed_rows,
         "lanes": [{"columns": list(pool.stage.columns(cfg)), **pool.stats, "efficiency": pool.efficiency()}
                   for pool in pools],
-        "identity": identity,
+        "identity": run.identity,
         "versions": _versions(),
         "timings_s": {**{k: round(v, 4) for k, v in stages.items()},
-                      "first_batch": None if first_batch_s is None else round(first_batch_s, 4)},
+                      "first_batch": None if mapped.first_step_s is None else round(mapped.first_step_s, 4)},
         "throughput": {
             "images_per_s": steady,
             "unet_forward_per_s": None if steady is None else steady * cost.forward,
@@ -333,6 +308,6 @@ def extract(
     table = FeatureTable(np.asarray(data.ids, dtype=str), columns, values, meta)
     if out is not None:
         save_table(table, out)
-        if partial is not None and partial.exists():
-            partial.unlink()
+        if partial is not None and partial.path.exists():
+            partial.path.unlink()
     return table

@@ -88,6 +88,9 @@ def gm_pass_cost(cfg) -> Cost:
     columns=gm_columns,
     direction="none",  # raw CDI features: the scoring model learns their signs (docs/methods/cdi.md §4.9)
     work=lambda cfg, requested: {"gm_pass": gm_pass_cost(cfg)},
+    reads=("gm_timesteps", "gm_ratio", "share_draws"),
+    groups=("gm", "new"),
+    timesteps=lambda cfg: cfg.gm_timesteps,
 )
 def grad_mask_kernel(denoiser, x0, cond, key, cfg, shared):
     """Gradient Masking GM_t at t = 0, 100, ..., 900 (docs/methods/cdi.md §4.5); columns gm_t000..gm_t900."""

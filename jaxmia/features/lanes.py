@@ -7,7 +7,7 @@ network, masked). Here each example is a *lane* of a :class:`~jaxmia.features.re
 state machine, and the driver keeps a fixed pool of slots busy:
 
 * the pool has the compiled shape of every other program, ``per_device_batch`` slots per data-axis
-  device (:mod:`jaxmia.features.runner`); each compiled call (:func:`programs`, ``advance``) makes
+  device (:mod:`jaxmia.runtime`); each compiled call (:func:`programs`, ``advance``) makes
   ``evals_per_call`` evaluations of every slot, straight-line code (no loop in the program:
   a network gradient inside an XLA loop body ran 2-3x slower on XLA:CPU, docs/benchmarks.md §6);
 * between calls the host reads which lanes are finished (one bool and the columns per slot), takes
@@ -39,7 +39,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxmia.features import runner
+from jaxmia import runtime
 from jaxmia.features.keys import SAMPLE_KEY_AXES, SampleKey
 
 # Evaluations per compiled call. 1 keeps the program straight-line (fastest on XLA:CPU) and wastes
@@ -86,9 +86,9 @@ def programs(stage, cfg, with_cond: bool, mesh, evals_per_call: int = DEFAULT_EV
         return pool, occupied & running(pool), outputs, jax.vmap(stage.evals)(pool)
 
     return {
-        "init": runner.per_device_jit(init, mesh, batched=(False, True, with_cond, False, True)),
-        "merge": runner.per_device_jit(merge, mesh, batched=(True, True, True, True), donate_argnums=(0,)),
-        "advance": runner.per_device_jit(advance, mesh, batched=(False, True, True), donate_argnums=(1,)),
+        "init": runtime.per_device_jit(init, mesh, batched=(False, True, with_cond, False, True)),
+        "merge": runtime.per_device_jit(merge, mesh, batched=(True, True, True, True), donate_argnums=(0,)),
+        "advance": runtime.per_device_jit(advance, mesh, batched=(False, True, True), donate_argnums=(1,)),
     }
 
 
@@ -109,7 +109,7 @@ class LanePool:
     and stops when it needs more input) or ``run(drain=True)`` (until every lane has finished).
     """
 
-    def __init__(self, placed: runner.Placement, stage, cfg, with_cond: bool, *,
+    def __init__(self, placed: runtime.Placement, stage, cfg, with_cond: bool, *,
                  evals_per_call: int = DEFAULT_EVALS_PER_CALL):
         self.placed, self.stage, self.cfg = placed, stage, cfg
         self.evals_per_call = int(evals_per_call)

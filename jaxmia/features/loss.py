@@ -25,6 +25,9 @@ from jaxmia.features.sweep import error_grid
     columns=lambda cfg: ("dl",),
     direction="lower",  # members are denoised better (Carlini et al. 2023)
     work=lambda cfg, requested: {"dl": Cost(forward=cfg.dl_n_draws)},
+    reads=("dl_timestep", "dl_n_draws", "dl_norm"),
+    groups=("mia",),
+    timesteps=lambda cfg: (cfg.dl_timestep,),
 )
 def loss_kernel(denoiser, x0, cond, key, cfg, shared):
     """Denoising Loss (Carlini et al. 2023; docs/methods/cdi.md §4.1): mean over draws of the error at t; column dl."""
@@ -52,7 +55,12 @@ def _ml_work(cfg, requested):
     return {"ml_pass": Cost(forward=len(cfg.ml_timesteps) * cfg.ml_n_draws)}
 
 
-@register_feature("multi_loss", columns=ml_columns, work=_ml_work, direction="lower")
+@register_feature(
+    "multi_loss", columns=ml_columns, work=_ml_work, direction="lower",
+    reads=("ml_timesteps", "ml_n_draws", "ml_norm", "share_draws", "gm_timesteps", "gm_ratio"),  # GM's pass when shared
+    groups=("ml", "new"),
+    timesteps=lambda cfg: cfg.ml_timesteps,
+)
 def multi_loss_kernel(denoiser, x0, cond, key, cfg, shared):
     """Multiple Loss (docs/methods/cdi.md §4.4): the error at t = 0, 100, ..., 900, one shared draw; columns ml_t000..."""
     if ml_from_gm_pass(cfg, shared.requested):

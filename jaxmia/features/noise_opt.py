@@ -360,6 +360,9 @@ NO_LANE = LaneStage(
     host_columns=_host_columns,
     host_fn=reference_noise_opt,
     lane=NO_LANE,
+    reads=("no_timestep", "no_max_iter", "no_mode", "no_double_noise", "no_memory_size", "no_max_linesearch_steps"),
+    groups=("no", "new"),
+    timesteps=lambda cfg: (cfg.no_timestep,),
 )
 def noise_opt_kernel(denoiser, x0, cond, key, cfg, shared):
     """Noise Optimisation (docs/methods/cdi.md §4.6): L-BFGS on a perturbation of x_t; columns no_loss, no_delta_norm."""

@@ -53,6 +53,9 @@ def pian_normalise(e0, scale: str):
     columns=lambda cfg: ("pia",),
     direction="lower",
     work=lambda cfg, requested: {"e0": Cost(forward=1), "pia_query": Cost(forward=1)},
+    reads=("pia_timestep", "pia_p", "pia_root"),
+    groups=("mia",),
+    timesteps=lambda cfg: (0, cfg.pia_timestep),
 )
 def pia_kernel(denoiser, x0, cond, key, cfg, shared):
     """PIA (Kong et al. 2024): ℓp error of the proximal-initialised one-step prediction; column pia."""
@@ -65,6 +68,9 @@ def pia_kernel(denoiser, x0, cond, key, cfg, shared):
     columns=lambda cfg: ("pian",),
     direction="lower",
     work=lambda cfg, requested: {"e0": Cost(forward=1), "pian_query": Cost(forward=1)},
+    reads=("pia_timestep", "pia_p", "pia_root", "pian_scale"),
+    groups=("mia",),
+    timesteps=lambda cfg: (0, cfg.pia_timestep),
 )
 def pian_kernel(denoiser, x0, cond, key, cfg, shared):
     """PIAN (Kong et al. 2024): PIA with e0 rescaled to a Gaussian's mean |value|; column pian."""

@@ -1,4 +1,12 @@
-"""The feature registry: name -> (per-example kernel, column names, per-example UNet cost).
+"""The signal registry: everything about a signal, in one registration next to its kernel.
+
+A registration (:func:`register_feature`) states the per-example kernel, the config it reads (fields of
+:class:`FeatureConfig` and, optionally, its own config section), its columns (a function of the config),
+their direction, its cost in network evaluations, its groups, its timesteps and its help line. Everything
+else is derived from the registry: the feature table's column list and metadata (directions, groups,
+per-signal config and cost), the groups the CDI scoring model selects by (``mia``, ``new``, ...),
+``FeatureConfig.max_timestep``, the presets' signal lists and ``jaxmia signals``. A new attack is one
+module with one registration; importing the module registers it.
 
 A kernel is a pure function of ONE example (docs/methods/design.md §2, §8)::
 
@@ -20,9 +28,15 @@ travels in the feature table's metadata (``lower_is_member`` / ``higher_is_membe
 attack evaluation of a column without one is an error, never a guess. Another producer registers
 itself with :func:`register_feature`::
 
-    @register_feature("toy", columns=lambda cfg: ("toy",), direction="higher",
-                      work=lambda cfg, req: {"toy": Cost(forward=1)})
-    def toy_kernel(denoiser, x0, cond, key, cfg, shared): ...
+    @dataclasses.dataclass(frozen=True)
+    class ToyConfig:              # the signal's own section: FeatureConfig.section("toy"), --set toy.t=10
+        t: int = 100
+
+    @register_feature("toy", columns=lambda cfg: ("toy",), direction="higher", section=ToyConfig,
+                      work=lambda cfg, req: {"toy": Cost(forward=1)}, groups=("mia",),
+                      timesteps=lambda cfg: (cfg.section("toy").t,))
+    def toy_kernel(denoiser, x0, cond, key, cfg, shared):  # its docstring's first line: jaxmia signals
+        return {"toy": ...}
 """
 
 from __future__ import annotations
@@ -30,9 +44,20 @@ from __future__ import annotations
 import dataclasses
 from typing import Callable, Iterable, Mapping, Optional, Sequence
 
-from jaxmia.features.config import FeatureConfig
+from jaxmia.features.config import FIELD_NAMES, SECTION_TYPES, FeatureConfig
 
 DIRECTIONS = ("lower", "higher", "none")
+
+# What the groups of the built-in signals mean (docs/methods/cdi.md §4.9, §8); a registration may name a
+# new group (its description is then its name) or describe one with :func:`register_group`.
+GROUP_DOCS: dict[str, str] = {
+    "mia": "existing MIAs",
+    "new": "new features only",
+    "gm": "gradient masking",
+    "ml": "multiple loss",
+    "no": "noise optimisation",
+    "drc": "DRC-style degrade-restore-compare",
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,6 +97,12 @@ class FeatureSpec:
       lane: a :class:`LaneStage` that computes some columns outside the kernel, one evaluation per
         compiled call with finished examples replaced by new ones (``extract()`` runs it); the
         kernel then skips them when ``shared.deferred`` names this signal.
+      reads: the :class:`FeatureConfig` fields the signal reads (its part of the flat config).
+      section: the signal's own config dataclass (``cfg.section(name)``), or None.
+      groups: the groups its columns belong to (``mia``, ``new``, ``gm``, ...; a composite's columns
+        keep their parts' groups).
+      timesteps: ``cfg -> the timesteps it queries`` (checked against the model's schedule).
+      help: one line for ``jaxmia signals`` (default: the kernel docstring's first line).
     """
 
     name: str
@@ -84,6 +115,10 @@ class FeatureSpec:
     parts: tuple = ()
     doc: str = ""
     lane: Optional["LaneStage"] = None
+    reads: tuple = ()
+    section: Optional[type] = None
+    groups: tuple = ()
+    timesteps: Callable[[FeatureConfig], tuple] = lambda cfg: ()
 
     def cost(self, cfg: FeatureConfig) -> Cost:
         """UNet evaluations per image when this signal runs alone."""
@@ -122,11 +157,26 @@ def register_feature(
     host_fn: Callable | None = None,
     parts: Sequence[str] = (),
     lane: "LaneStage | None" = None,
+    reads: Sequence[str] = (),
+    section: type | None = None,
+    groups: Sequence[str] = (),
+    timesteps: Callable[[FeatureConfig], Iterable[int]] | None = None,
+    help: str | None = None,
 ):
     """Decorator: registers ``kernel`` under ``name`` (an existing name is an error).
 
     ``direction`` is one of :data:`DIRECTIONS` for every column, or ``cfg -> {column: direction}``.
+    ``reads`` must name :class:`FeatureConfig` fields; ``section`` is a frozen dataclass whose
+    defaults form the signal's own config section (``cfg.section(name)``, overridden with
+    ``--set name.field=value`` or ``make_config(..., name={...})``). See :class:`FeatureSpec`.
     """
+    unknown = [f for f in reads if f not in FIELD_NAMES]
+    if unknown:
+        raise ValueError(f"feature {name!r}: reads unknown config field(s) {unknown}; known: {', '.join(FIELD_NAMES)}")
+    if section is not None and not (dataclasses.is_dataclass(section) and isinstance(section, type)):
+        raise TypeError(f"feature {name!r}: section must be a dataclass type, got {section!r}")
+    if name in FIELD_NAMES:
+        raise ValueError(f"feature {name!r}: the name is a FeatureConfig field; a section cannot share it")
     if isinstance(direction, str):
         if direction not in DIRECTIONS:
             raise ValueError(f"feature {name!r}: direction={direction!r} is not one of {', '.join(DIRECTIONS)}")
@@ -141,11 +191,19 @@ def register_feature(
         FEATURES[name] = FeatureSpec(
             name=name, kernel=kernel, columns=columns, work=work, direction=direction,
             host_columns=host_columns or (lambda cfg: ()), host_fn=host_fn, parts=tuple(parts), lane=lane,
-            doc=(kernel.__doc__ or "").strip().split("\n")[0],
+            doc=help or (kernel.__doc__ or "").strip().split("\n")[0], reads=tuple(reads), section=section,
+            groups=tuple(groups), timesteps=timesteps or (lambda cfg: ()),
         )
+        if section is not None:
+            SECTION_TYPES[name] = section
         return kernel
 
     return wrap
+
+
+def register_group(name: str, doc: str) -> None:
+    """Describes a group that registrations may name (shown by ``jaxmia signals`` and in reports)."""
+    GROUP_DOCS[name] = doc
 
 
 def get_feature(name: str) -> FeatureSpec:
@@ -204,6 +262,62 @@ def plan_directions(names: Sequence[str], cfg: FeatureConfig) -> dict[str, list[
         for column, d in get_feature(n).directions(cfg).items():
             if d != "none":
                 out[f"{d}_is_member"].append(column)
+    return out
+
+
+def _leaves(name: str) -> list[str]:
+    """A signal itself, or the parts of a composite, in order (the specs that own the columns)."""
+    spec = get_feature(name)
+    return [p for part in spec.parts for p in _leaves(part)] if spec.parts else [name]
+
+
+def plan_groups(names: Sequence[str], cfg: FeatureConfig) -> dict[str, list[str]]:
+    """``{group: columns}`` of a set of signals, columns in output order: the feature table's ``groups``.
+
+    Holds every group a requested signal (or a composite's part) declares, ``all`` (every column, in
+    order) and each requested signal's and part's own name (``grad_mask`` -> its columns) unless a
+    group has that name.
+    """
+    groups: dict[str, list[str]] = {}
+    for n in names:
+        for leaf in _leaves(n):
+            spec = get_feature(leaf)
+            for g in spec.groups:
+                groups.setdefault(g, []).extend(spec.columns(cfg))
+    groups["all"] = list(plan_columns(names, cfg))
+    for n in names:
+        for signal in dict.fromkeys([n, *_leaves(n)]):
+            groups.setdefault(signal, list(get_feature(signal).columns(cfg)))
+    return groups
+
+
+def plan_max_timestep(names: Iterable[str], cfg: FeatureConfig) -> int:
+    """The largest timestep the signals ``names`` (and their parts) query; 0 when none does."""
+    steps = [int(t) for n in expand_requested(names) for t in get_feature(n).timesteps(cfg)]
+    return max(steps, default=0)
+
+
+def plan_config(names: Sequence[str], cfg: FeatureConfig) -> FeatureConfig:
+    """``cfg`` with the default section of every requested signal that has one and is not set yet.
+
+    The resolved config (the table's ``config``) then records every value the run used.
+    """
+    missing = {n: get_feature(n).section() for n in sorted(expand_requested(names))
+               if get_feature(n).section is not None and n not in dict(cfg.sections)}
+    return cfg.with_sections(**missing) if missing else cfg
+
+
+def plan_signals(names: Sequence[str], cfg: FeatureConfig) -> dict[str, dict]:
+    """The feature table's per-signal metadata: columns, groups, the config it read, cost, help."""
+    out = {}
+    for n in names:
+        for leaf in dict.fromkeys([n, *_leaves(n)]):
+            spec = get_feature(leaf)
+            config = {f: cfg.to_dict()[f] for f in spec.reads}
+            if spec.section is not None:
+                config[leaf] = cfg.to_dict().get(leaf, dataclasses.asdict(cfg.section(leaf)))
+            out[leaf] = {"columns": list(spec.columns(cfg)), "groups": list(spec.groups), "parts": list(spec.parts),
+                         "config": config, "cost": spec.cost(cfg).as_dict(), "help": spec.doc}
     return out
 
 

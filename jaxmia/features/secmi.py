@@ -46,6 +46,9 @@ def secmi_error(denoiser, x0, cond, *, t_cmp: int, stride: int, norm: str = "l2"
         "e0": Cost(forward=1),
         "secmi_chain": Cost(forward=cfg.secmi_t_cmp // cfg.secmi_stride - 1 + 2),
     },
+    reads=("secmi_t_cmp", "secmi_stride", "secmi_norm"),
+    groups=("mia",),
+    timesteps=lambda cfg: (cfg.secmi_t_cmp + cfg.secmi_stride,),
 )
 def secmi_kernel(denoiser, x0, cond, key, cfg, shared):
     """SecMI_stat (Duan et al. 2023): DDIM inversion t-error at t_cmp; column secmi."""

@@ -8,7 +8,8 @@ timesteps of the grid (common random numbers: the curve over t is not blurred by
 each t; this is ML's convention, docs/methods/cdi.md §4.4).
 
 The grid runs as a ``lax.scan`` over the flattened (t, draw) pairs, not a vmap over timesteps: on
-CPU a vmap over timesteps was slower (docs/methods/models.md §10). Examples are vmapped.
+CPU a vmap over timesteps was slower (docs/methods/models.md §10). Examples are vmapped, and run
+by the one batch loop of :func:`jaxmia.runtime.map_examples`.
 """
 
 from __future__ import annotations
@@ -56,23 +57,21 @@ def error_grid(denoiser, x0, cond, noise_key, timesteps: Sequence[int], n_draws:
 
 
 @functools.lru_cache(maxsize=32)
-def _sweep_program(timesteps: tuple, n_draws: int, norm: str, purpose: str, with_cond: bool, mesh=None):
-    """jit(vmap over examples) of :func:`error_grid`; static: the grid, norm, purpose, cond presence
-    and the mesh (with one, each data-axis device runs its own rows: ``runner.per_device_jit``)."""
+def _sweep_kernel(timesteps: tuple, n_draws: int, norm: str, purpose: str):
+    """ONE example's (T, R) :func:`error_grid`, keyed by its purpose (cached: one program per grid)."""
 
     def per_example(denoiser, x0, cond, key: SampleKey):
         return error_grid(denoiser, x0, cond, key.purpose_key(purpose), timesteps, n_draws, norm=norm)
 
-    def program(denoiser, x0, cond, root, id_hash):
-        keys = SampleKey(root=root, id_hash=id_hash)
-        return jax.vmap(per_example, in_axes=(None, 0, 0 if with_cond else None, SAMPLE_KEY_AXES))(
-            denoiser, x0, cond, keys)
+    return per_example
 
-    if mesh is None:
-        return jax.jit(program)
-    from jaxmia.features import runner
 
-    return runner.per_device_jit(program, mesh, batched=(False, True, with_cond, False, True))
+def _sweep_program(timesteps: tuple, n_draws: int, norm: str, purpose: str, with_cond: bool, mesh=None):
+    """jit(vmap over examples) of :func:`error_grid` (:func:`jaxmia.runtime.jit_examples`); static: the
+    grid, norm, purpose, cond presence and the mesh (with one, each data-axis device runs its own rows)."""
+    from jaxmia import runtime
+
+    return runtime.jit_examples(_sweep_kernel(timesteps, n_draws, norm, purpose), mesh, with_cond)
 
 
 def loss_sweep(
@@ -106,8 +105,7 @@ def loss_sweep(
     Returns:
       float64 array (images, timesteps, draws), rows in the order of ``data``.
     """
-    from jaxmia import compile_cache
-    from jaxmia.features import runner
+    from jaxmia import compile_cache, runtime
 
     compile_cache.ensure_default()  # compile once: the persistent cache
     check_norm(norm)
@@ -116,18 +114,14 @@ def loss_sweep(
         raise ValueError("loss_sweep: timesteps is empty")
     if int(n_draws) < 1:
         raise ValueError(f"loss_sweep: n_draws must be >= 1 (got {n_draws})")
-    data = runner.as_dataset(data)
-    runner.check_images(denoiser, data)
-    runner.check_timesteps(denoiser, max(ts), source="loss_sweep timesteps")
-    with_cond = runner.uses_cond(denoiser, data)
-    placed = runner.place(denoiser, seed, batch_size, devices, per_device_batch=per_device_batch, mesh_shape=mesh_shape,
-                          shard_min_size=runner.DEFAULT_SHARD_MIN_SIZE if shard_min_size is None else shard_min_size)
-    jit_sweep = _sweep_program(ts, int(n_draws), norm, purpose, with_cond, placed.mesh)
-    pieces = []
-    for batch in runner.batches(data, data.ids, placed.batch_size):
-        for sub in runner.chunks(batch, placed.chunk):
-            x0, cond, id_hash = runner.device_batch(placed, sub, with_cond)
-            pieces.append((sub.mask, jit_sweep(placed.denoiser, x0, cond, placed.root, id_hash)))
-    if not pieces:
+    data = runtime.as_dataset(data)
+    runtime.check_images(denoiser, data)
+    runtime.check_timesteps(denoiser, max(ts), source="loss_sweep timesteps")
+    with_cond = runtime.uses_cond(denoiser, data)
+    placed = runtime.place(denoiser, seed, batch_size, devices, per_device_batch=per_device_batch, mesh_shape=mesh_shape,
+                           shard_min_size=runtime.DEFAULT_SHARD_MIN_SIZE if shard_min_size is None else shard_min_size)
+    if not data.ids:
         return np.zeros((0, len(ts), int(n_draws)), np.float64)
-    return np.concatenate([np.asarray(values, np.float64)[mask] for mask, values in pieces])
+    mapped = runtime.map_examples(_sweep_kernel(ts, int(n_draws), norm, purpose), data, placement=placed,
+                                  with_cond=with_cond, progress=False)
+    return np.asarray(mapped.columns(data.ids), np.float64)

@@ -1,8 +1,9 @@
 """Inference: feature tables in, verdict out. NumPy/SciPy/scikit-learn only (no JAX).
 
 Scoring model (docs/methods/cdi.md §5), calibrated and reference tests (§6), sample-count / null /
-contamination curves (§7–§8), MIA metrics (docs/methods/mia.md §2.3–§2.4), plots, and the drivers.
-See docs/inference.md.
+contamination curves (§7–§8), MIA metrics (docs/methods/mia.md §2.3–§2.4), plots, and the CDI options.
+See docs/inference.md. The drivers live in :mod:`jaxmia.cdi` and :mod:`jaxmia.mia`; their old names here
+(``run_cdi``, ``evaluate_mia``, ...) still resolve, deprecated (:mod:`jaxmia.inference.report`).
 """
 
 from jaxmia.inference.curves import CONTAMINATION_NS
@@ -28,16 +29,7 @@ from jaxmia.inference.plots import plot_roc_curves
 from jaxmia.inference.plots import plot_score_histograms
 from jaxmia.inference.report import CdiConfig
 from jaxmia.inference.report import MiaConfig
-from jaxmia.inference.report import cdi_from_files
 from jaxmia.inference.report import config_from_dict
-from jaxmia.inference.report import evaluate_mia
-from jaxmia.inference.report import load_labels
-from jaxmia.inference.report import mia_from_files
-from jaxmia.inference.report import run_cdi
-from jaxmia.inference.report import write_cdi_report
-from jaxmia.inference.report import write_mia_report
-from jaxmia.inference.scoring import CDI_FEATURES
-from jaxmia.inference.scoring import FEATURE_GROUPS
 from jaxmia.inference.scoring import Standardiser
 from jaxmia.inference.scoring import crossfit_scores
 from jaxmia.inference.scoring import crossfit_scores_batched
@@ -46,6 +38,7 @@ from jaxmia.inference.scoring import fit_standardiser
 from jaxmia.inference.scoring import fixed_split_scores
 from jaxmia.inference.scoring import kfold_assignment
 from jaxmia.inference.scoring import resolve_features
+from jaxmia.inference.scoring import table_groups
 from jaxmia.inference.stat_tests import InferenceResult
 from jaxmia.inference.stat_tests import DEFAULT_TEST
 from jaxmia.inference.stat_tests import REFERENCE_FPR_NOTE
@@ -65,3 +58,12 @@ from jaxmia.inference.stat_tests import signflip_tail_pvalues
 from jaxmia.inference.stat_tests import split_pvalues
 from jaxmia.inference.stat_tests import split_test
 from jaxmia.inference.stat_tests import welch_test
+
+
+def __getattr__(name: str):
+    """Deprecated driver names (``jaxmia.inference.run_cdi`` ...), resolved where they live now."""
+    from jaxmia.inference import report
+
+    if name in report._MOVED:
+        return getattr(report, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

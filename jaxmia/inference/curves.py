@@ -174,7 +174,7 @@ def sample_count_curve(
 
     Args:
       xp, xu: (N, d) features of the published and unpublished sets, paired by row (as in
-        :func:`jaxmia.inference.report.run_cdi`: sorted by id, truncated to the same N).
+        :func:`jaxmia.cdi.run_cdi`: sorted by id, truncated to the same N).
       grid: the n values (default: :func:`default_grid` of N).
       reps: repetitions per n.
       test: ``"split"`` (default), ``"cdi_reference"`` or ``"permutation"`` (module docstring).

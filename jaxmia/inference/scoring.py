@@ -30,7 +30,7 @@ Two solvers give the same fit:
 jaxmia differences from the reference (each with the option restoring it):
 
 * rows are paired by sorted id by default, not by file position (``row_order="table"`` in
-  :mod:`jaxmia.inference.report` keeps the file order that the reference's KFold saw);
+  :mod:`jaxmia.cdi` keeps the file order that the reference's KFold saw);
 * the Newton solver stops at a gradient tolerance far below liblinear's default (tol = 1e-4), so
   scores differ from the reference's by up to ~1e-3 (``solver="sklearn"`` reproduces them exactly).
 """
@@ -46,39 +46,35 @@ from scipy.special import expit
 
 # ---- feature names and groups (docs/methods/cdi.md §4.9) -------------------------------------------------
 
-_TIMESTEPS = tuple(range(0, 1000, 100))
-MIA_FEATURES = ("dl", "secmi", "pia", "pian")
-GM_FEATURES = tuple(f"gm_t{t:03d}" for t in _TIMESTEPS)
-ML_FEATURES = tuple(f"ml_t{t:03d}" for t in _TIMESTEPS)
-NO_FEATURES = ("no_loss", "no_delta_norm")
-CDI_FEATURES = MIA_FEATURES + GM_FEATURES + ML_FEATURES + NO_FEATURES  # the 26-d vector, in order
 
-FEATURE_GROUPS: dict[str, tuple[str, ...]] = {
-    "mia": MIA_FEATURES,
-    "gm": GM_FEATURES,
-    "ml": ML_FEATURES,
-    "no": NO_FEATURES,
-    "new": GM_FEATURES + ML_FEATURES + NO_FEATURES,
-    "all": CDI_FEATURES,
-}
+def table_groups(table) -> dict[str, tuple[str, ...]]:
+    """The column groups a feature table records (``meta["groups"]``, written by ``jaxmia features`` from
+    each signal's registration: ``mia``, ``gm``, ``ml``, ``no``, ``new``, ``all``, each signal's name);
+    ``{"all": every column}`` for a table without them (a table written by another tool)."""
+    recorded = table.meta.get("groups")
+    if recorded is None:
+        return {"all": tuple(table.names)}
+    return {str(g): tuple(cols) for g, cols in recorded.items()}
 
 
-def resolve_features(spec, available: Sequence[str]) -> tuple[str, ...]:
+def resolve_features(spec, available: Sequence[str], groups=None) -> tuple[str, ...]:
     """Column names selected by ``spec`` (docs/methods/cdi.md §8, feature ablation).
 
     Args:
-      spec: ``None`` (every column of the table, in table order); a group name of
-        :data:`FEATURE_GROUPS` (``"mia"``, ``"gm"``, ``"ml"``, ``"no"``, ``"new"``, ``"all"``); a column
-        name; a ``","``- or ``"+"``-joined combination of these (``"mia+gm"``); or a sequence of them.
+      spec: ``None`` (every column of the table, in table order); a group name of ``groups``
+        (``"mia"``, ``"gm"``, ``"ml"``, ``"no"``, ``"new"``, ``"all"``, ...); a column name; a ``","``- or
+        ``"+"``-joined combination of these (``"mia+gm"``); or a sequence of them.
       available: the columns the feature table holds.
+      groups: ``{group: columns}``, the table's :func:`table_groups` (default: ``all`` only).
 
     Returns:
-      The selected names, de-duplicated, in the order given (groups expand in §4.9 order).
+      The selected names, de-duplicated, in the order given (groups expand in table order).
 
     Raises:
       ValueError: naming an unknown group/column, or the selected columns the table lacks.
     """
     available = tuple(available)
+    groups = {"all": available} if groups is None else dict(groups)
     if spec is None:
         return available
     tokens = spec.replace("+", ",").split(",") if isinstance(spec, str) else list(spec)
@@ -86,13 +82,13 @@ def resolve_features(spec, available: Sequence[str]) -> tuple[str, ...]:
     for token in (str(t).strip() for t in tokens):
         if not token:
             continue
-        if token in FEATURE_GROUPS:
-            names += FEATURE_GROUPS[token]
-        elif token in available or token in CDI_FEATURES:
+        if token in groups:
+            names += groups[token]
+        elif token in available:
             names.append(token)
         else:
             raise ValueError(
-                f"unknown feature or group {token!r}; groups: {', '.join(FEATURE_GROUPS)}; "
+                f"unknown feature or group {token!r}; groups: {', '.join(groups)}; "
                 f"table columns: {', '.join(available)}"
             )
     names = list(dict.fromkeys(names))

@@ -48,6 +48,13 @@ unpublished set U under the scoring model of :mod:`jaxmia.inference.scoring`. Th
     floor other than the evidence itself (S ≤ √m, so m held-out pairs can give at most
     p_tail ≈ 4.46·Φ̄(√m)). ``log10_p`` carries the exponent when p underflows a float.
 
+``"fixed_score"`` (:func:`fixed_score_test`; power at small n, issue 16, docs/inference.md §12)
+    No model is fitted: the family of pre-registered scores (each column with a registered member
+    direction, as pooled ranks over P ∪ U, and their mean), the max-T statistic over the family, an
+    exact sign-flip permutation p-value on all n pairs and a Bonferroni sign-flip tail bound, combined
+    as the hybrid. Valid by construction (the pooled transform is invariant under within-pair swaps);
+    not yet a ``CdiConfig.test`` choice.
+
 Every test returns a :class:`InferenceResult` that says how its p-value was obtained.
 """
 
@@ -62,7 +69,7 @@ from scipy.special import expit
 
 from jaxmia.inference import scoring
 
-TESTS = ("hybrid", "permutation", "split", "cdi_reference")
+TESTS = ("hybrid", "fixed_score", "permutation", "split", "cdi_reference")
 DEFAULT_TEST = "hybrid"
 HYBRID_WEIGHT = 0.9  # share of alpha given to the permutation component of the hybrid
 PINELIS_C = 2.0 * np.e**3 / 9.0  # Pinelis 1994: P(sum eps_i a_i >= x) <= C * Phi_bar(x) when sum a_i^2 = 1
@@ -168,7 +175,7 @@ def _reference_alternative(alternative: str) -> str:
 # ---- randomness -------------------------------------------------------------------------------------
 
 # Purpose words mixed into the seed, so each random choice has its own stream (docs/methods/design.md §5).
-_SWAPS, _SPLIT, _PAIRING, _BOOT, _RELABEL = 1, 2, 3, 4, 5
+_SWAPS, _SPLIT, _PAIRING, _BOOT, _RELABEL, _SIGNS = 1, 2, 3, 4, 5, 6
 
 
 def rng_for(seed, purpose: int) -> np.random.Generator:
@@ -445,6 +452,156 @@ def hybrid_pvalues(
             "n_train": n_train}
 
 
+# ---- the fixed, pre-registered score (no fitting; issue 16 part 3) ---------------------------------
+
+FIXED_TRANSFORMS = ("rank", "z")
+FIXED_PERMUTATIONS = 9999  # sign flips are cheap (no refit): resolution 1e-4
+
+
+def directions_vector(names: Sequence[str], lower_is_member: Sequence[str] = (),
+                      higher_is_member: Sequence[str] = ()) -> np.ndarray:
+    """(d,) +1 (higher = member), −1 (lower = member) or 0 (no known direction) per column name.
+
+    The directions are pre-registered: they come from each signal's registration (the feature table's
+    ``lower_is_member`` / ``higher_is_member`` meta), never from the data under test.
+
+    Raises:
+      ValueError: a column named in both lists, or no column with a direction.
+    """
+    lower, higher = set(lower_is_member), set(higher_is_member)
+    both = sorted(lower & higher)
+    if both:
+        raise ValueError(f"fixed score: column(s) {both} are listed as both lower_is_member and higher_is_member")
+    direction = np.array([1.0 if c in higher else -1.0 if c in lower else 0.0 for c in names])
+    if not direction.any():
+        raise ValueError(f"fixed score: none of the columns {list(names)} has a member direction "
+                         "(lower_is_member / higher_is_member)")
+    return direction
+
+
+def fixed_scores(xp, xu, direction, transform: str = "rank"):
+    """Pre-registered scores of P and U rows, (..., n, k): each directed column, then their mean.
+
+    Each column j with direction o_j ≠ 0 is transformed over the pooled 2n rows of P ∪ U (average
+    ranks centred to mean 0 and divided by 2n, or z-scores with the pooled mean and population std; a
+    constant column gives 0) and multiplied by o_j, so higher = more member-like; the last of the k
+    columns is their mean. The transform depends on the data only through the pooled multiset of rows,
+    so it is the same for every relabelling of P and U (what makes :func:`fixed_score_pvalues` exact).
+    """
+    if transform not in FIXED_TRANSFORMS:
+        raise ValueError(f"unknown fixed-score transform {transform!r}; known: {', '.join(FIXED_TRANSFORMS)}")
+    xp = np.asarray(xp, np.float64)
+    xu = np.asarray(xu, np.float64)
+    direction = np.asarray(direction, np.float64)
+    if direction.shape != (xp.shape[-1],):
+        raise ValueError(f"fixed score: {direction.shape[0] if direction.ndim == 1 else direction.shape} "
+                         f"directions for {xp.shape[-1]} feature columns")
+    if not np.isin(direction, (-1.0, 0.0, 1.0)).all() or not direction.any():
+        raise ValueError(f"fixed score: directions must be -1, 0 or +1 with at least one nonzero, got {direction}")
+    n = xp.shape[-2]
+    used = direction != 0
+    pooled = np.concatenate([xp, xu], axis=-2)[..., used]
+    if transform == "rank":
+        z = (stats.rankdata(pooled, axis=-2) - (2 * n + 1) / 2.0) / (2 * n)
+    else:
+        sd = pooled.std(axis=-2, keepdims=True)
+        z = (pooled - pooled.mean(axis=-2, keepdims=True)) / np.where(sd > 0, sd, 1.0)
+    z = z * direction[used]
+    s = np.concatenate([z, z.mean(-1, keepdims=True)], axis=-1)
+    return s[..., :n, :], s[..., n:, :]
+
+
+def _studentised(d):
+    """S_j = Σ_i d_ij / √(Σ_i d_ij²) over axis −2 (0 where a column of d is all zero)."""
+    norm = np.sqrt((d**2).sum(-2))
+    return np.where(norm > 0, d.sum(-2) / np.where(norm > 0, norm, 1.0), 0.0), norm
+
+
+def signflip_permutation_pvalues(d, seeds: Sequence, permutations: int = FIXED_PERMUTATIONS):
+    """Monte-Carlo sign-flip p-values of the max-statistic of paired differences d (T, m, k) or (T, m).
+
+    Statistic: M = max_j S_j with S_j = Σ_i d_ij / √(Σ_i d_ij²) (for k = 1 a monotone function of
+    Σ_i d_i). B times every pair's differences flip sign together, by a fair coin per pair from
+    ``rng_for(seeds[t], 6)``; ``p = (1 + #{b: M_b ≥ M}) / (1 + B)`` (ties within round-off count as "≥").
+    The norms do not change under flips, so this is exact whenever the pairs' signs are fair coins
+    given |d| (Phipson & Smyth 2010; the max over a fixed family is the Westfall–Young max-T
+    construction, Westfall & Young 1993, §2.6). Returns ``(p, M, argmax j)`` (T,).
+    """
+    d = np.asarray(d, np.float64)
+    if d.ndim == 2:
+        d = d[..., None]
+    if d.ndim != 3 or len(seeds) != d.shape[0]:
+        raise ValueError(f"sign-flip test: expected (T, m[, k]) differences and T seeds, got {d.shape} and {len(seeds)}")
+    if permutations < 1:
+        raise ValueError(f"permutations must be >= 1, got {permutations}")
+    s_obs, norm = _studentised(d)  # (T, k)
+    m_obs = s_obs.max(-1)
+    p = np.empty(d.shape[0])
+    for t, seed in enumerate(seeds):
+        signs = np.where(rng_for(seed, _SIGNS).random((permutations, d.shape[1])) < 0.5, -1.0, 1.0)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            s_b = np.where(norm[t] > 0, (signs @ d[t]) / np.where(norm[t] > 0, norm[t], 1.0), 0.0)
+        slack = 100 * np.finfo(np.float64).eps * max(1.0, abs(m_obs[t]))
+        p[t] = (1.0 + (s_b.max(-1) >= m_obs[t] - slack).sum()) / (1.0 + permutations)
+    return p, m_obs, s_obs.argmax(-1)
+
+
+def fixed_score_pvalues(
+    xp,
+    xu,
+    direction,
+    seeds: Sequence,
+    *,
+    permutations: int = FIXED_PERMUTATIONS,
+    transform: str = "rank",
+    combine: str = "max",
+    weight: float = HYBRID_WEIGHT,
+    details: bool = False,
+):
+    """The fixed-score test of T trials at once: pre-registered scores, no model fitted.
+
+    Scores: :func:`fixed_scores` (oriented pooled ranks or z-scores of each directed column, and their
+    mean). ``combine="max"`` (default) tests the whole family: pair differences d_ij = s_j(P_i) − s_j(U_i)
+    over all n pairs, statistic max_j S_j (:func:`signflip_permutation_pvalues`), and the tail bound
+    ``p_tail = min(1, k · min_j bound(S_j))`` (:func:`rademacher_tail_log10`, Bonferroni over the k
+    members); ``combine="mean"`` uses the mean score alone (k = 1). ``p = min(1, p_perm/w, p_tail/(1 − w))``
+    as the hybrid (:func:`combine_hybrid`).
+
+    Why it is valid (docs/inference.md §12): under H0 the n pairs are i.i.d. and each pair's two rows are
+    exchangeable. The pooled transform is a symmetric function of the 2n rows, so it is unchanged by
+    swapping the rows of any pair, and the directions and the family are fixed before the data are seen;
+    given the unordered pairs, the swap indicators are i.i.d. fair coins and all of a pair's d_ij change
+    sign with its coin. So the max statistic is exchangeable with its sign-flipped copies (the exact
+    permutation p-value), each S_j is a Rademacher sum with unit weight norm (Hoeffding/Pinelis, and the
+    union bound over j), and the union bound over the two parts gives P(p ≤ α) ≤ α for any n, any
+    feature distribution and any B. Unlike the hybrid's tail part, nothing is held out: no row trains
+    anything.
+
+    Returns:
+      ``(p, log10_p)`` (T,), or with ``details`` a dict adding ``p_permutation``, ``p_tail``,
+      ``log10_p_tail``, ``tail_statistic`` (max_j S_j), ``best`` (its j; k − 1 is the mean), ``t_obs``
+      (mean difference of the mean score), ``sp``, ``su`` (the mean score of every row).
+    """
+    if combine not in ("max", "mean"):
+        raise ValueError(f"unknown fixed-score combine {combine!r}; known: max, mean")
+    xp = np.asarray(xp, np.float64)
+    xu = np.asarray(xu, np.float64)
+    scoring._check_pair(xp, xu, "fixed-score test")
+    sp, su = fixed_scores(xp, xu, direction, transform)
+    d = sp - su if combine == "max" else (sp - su)[..., -1:]
+    k = d.shape[-1]
+    p_perm, m_obs, best = signflip_permutation_pvalues(d, seeds, permutations)
+    log10_tail = np.minimum(0.0, np.log10(k) + rademacher_tail_log10(m_obs))
+    p, log10_p = combine_hybrid(p_perm, log10_tail, weight)
+    if not details:
+        return p, log10_p
+    if combine == "mean":
+        best = best + sp.shape[-1] - 1
+    return {"p": p, "log10_p": log10_p, "p_permutation": p_perm, "p_tail": 10.0**log10_tail,
+            "log10_p_tail": log10_tail, "tail_statistic": m_obs, "best": best, "family_size": k,
+            "t_obs": (sp[..., -1] - su[..., -1]).mean(-1), "sp": sp[..., -1], "su": su[..., -1]}
+
+
 # ---- single-audit tests -----------------------------------------------------------------------------
 
 
@@ -549,6 +706,71 @@ def hybrid_test(
         note=f"p = min(1, p_perm/{weight:g}, p_tail/{1 - weight:.2g}): p_perm is the whole-pipeline permutation "
         f"p-value (B = {permutations}, floor {1 / (1 + permutations):.2g}); p_tail an exact-bound sign-flip p-value "
         f"on {m} held-out pairs (model fitted on the other {r['n_train']}); valid by the union bound",
+    )
+    rows = np.arange(n)
+    return ScoredResult(result, r["sp"][0], r["su"][0], rows, rows)
+
+
+def fixed_score_test(
+    xp,
+    xu,
+    direction,
+    *,
+    names: Sequence[str] | None = None,
+    permutations: int = FIXED_PERMUTATIONS,
+    transform: str = "rank",
+    combine: str = "max",
+    weight: float = HYBRID_WEIGHT,
+    seed=0,
+    alpha: float = 0.01,
+) -> ScoredResult:
+    """The fixed-score test: pre-registered scores (no fitting) and an exact sign-flip test on all pairs.
+
+    Args:
+      xp, xu: (n, d) paired features of P and U (row i of each forms pair i).
+      direction: (d,) +1 / −1 / 0 per column (:func:`directions_vector`): higher / lower is member, unused.
+      names: the d column names (to name the family member that carried the evidence).
+      permutations: B sign-flip draws (cheap: no refit; default 9999).
+      transform: ``"rank"`` (default) or ``"z"``: how each column is put on one scale over P ∪ U.
+      combine: ``"max"`` (default: the max over each directed column and their mean) or ``"mean"``.
+      weight: share of α given to the sign-flip permutation part (the rest to the tail bound).
+      seed: the sign flips come from ``np.random.default_rng([seed, 6])``.
+
+    Returns:
+      A :class:`ScoredResult` whose per-row scores are the mean score (higher = member-like).
+
+    References:
+      docs/inference.md §12 (why it is valid, measured FPR and power); Phipson & Smyth 2010;
+      Westfall & Young 1993 (max-T); Hoeffding 1963 and Pinelis 1994 (the tail bound); the union bound.
+    """
+    xp, xu = _paired(xp, xu, "fixed-score test")
+    direction = np.asarray(direction, np.float64)
+    if names is not None and len(names) != direction.size:
+        raise ValueError(f"fixed-score test: {len(names)} names for {direction.size} columns")
+    r = fixed_score_pvalues(xp[None], xu[None], direction, [seed], permutations=permutations, transform=transform,
+                            combine=combine, weight=weight, details=True)
+    n = xp.shape[0]
+    p, log10_p = float(r["p"][0]), float(r["log10_p"][0])
+    used = np.flatnonzero(direction)
+    family = [str(names[j]) if names is not None else f"column {j}" for j in used] + ["mean"]
+    k = r["family_size"]
+    components = {
+        "p_permutation": float(r["p_permutation"][0]), "permutations": permutations, "weight_permutation": weight,
+        "p_tail": float(r["p_tail"][0]), "log10_p_tail": float(r["log10_p_tail"][0]),
+        "weight_tail": 1.0 - weight, "tail_statistic": float(r["tail_statistic"][0]), "tail_pairs_tested": n,
+        "transform": transform, "combine": combine, "family_size": int(k), "best": family[int(r["best"][0])],
+        "smallest_possible_log10_p": float(combine_hybrid(
+            1.0 / (1 + permutations), np.log10(k) + rademacher_tail_log10(np.sqrt(n)), weight)[1]),
+    }
+    t_obs = float(r["t_obs"][0])
+    what = (f"the max over {k} pre-registered scores (each of {used.size} oriented pooled {transform}s and their mean)"
+            if combine == "max" else f"the mean of {used.size} oriented pooled {transform}s")
+    result = InferenceResult(
+        p_value=p, method="fixed_score", statistic=t_obs, statistic_name="mean_diff", alternative="greater",
+        is_correct_order=bool(t_obs > 0), n_p=n, n_u=n, alpha=alpha, reject=bool(p <= alpha),
+        permutations=permutations, log10_p=log10_p, components=components,
+        note=f"{what}, no model fitted; p = min(1, p_perm/{weight:g}, p_tail/{1 - weight:.2g}) with p_perm an exact "
+        f"sign-flip permutation p-value (B = {permutations}) and p_tail the sign-flip tail bound, both on all {n} pairs",
     )
     rows = np.arange(n)
     return ScoredResult(result, r["sp"][0], r["su"][0], rows, rows)

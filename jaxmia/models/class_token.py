@@ -39,8 +39,9 @@ import jax.numpy as jnp
 
 from jaxmia import config as typed
 from jaxmia.models.conditioning import register_condition_probe
-from jaxmia.models.io import ModelSpec, register_model
-from jaxmia.models.unet2d import torch_default_params
+from jaxmia.models.attention import TRANSFORMER_MODULE_LISTS
+from jaxmia.models.blocks import UNET_MODULE_LISTS, torch_default_params
+from jaxmia.models.registry import ModelSpec, register_model
 from jaxmia.models.unet2d_condition import UNet2DConditionConfig, UNet2DConditionModel
 
 CLASS_NAME = "ClassTokenUNet"
@@ -131,7 +132,7 @@ def _apply(module: ClassTokenUNet, params, x, t, cond):
     return module.apply({"params": params}, x, t, cond)
 
 
-@register_model(CLASS_NAME)
+@register_model(CLASS_NAME, module_lists=UNET_MODULE_LISTS + TRANSFORMER_MODULE_LISTS)
 def build_class_token_unet(config: Mapping[str, Any], *, source: str = "config") -> ModelSpec:
     cfg = ClassTokenUNetConfig.from_diffusers(config, source=source)
     module = ClassTokenUNet(cfg)

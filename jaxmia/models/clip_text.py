@@ -42,6 +42,9 @@ import numpy as np
 from jaxmia import config as typed
 from jaxmia.models import convert
 from jaxmia.models.attention import dot_product_attention, layer_norm
+from jaxmia.models.registry import register_module_lists
+
+register_module_lists("layers")  # encoder.layers.<i> (the vision tower reuses these layers)
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -255,7 +258,7 @@ def _read_json(path: Path) -> dict:
 
 
 def _read_state_dict(folder: Path) -> tuple[dict, str]:
-    from jaxmia.models.io import read_safetensors
+    from jaxmia.models.formats import read_safetensors
 
     single, index = folder / WEIGHTS_NAME, folder / WEIGHTS_INDEX_NAME
     if single.is_file():

@@ -472,7 +472,7 @@ class CLIPImageEmbedder:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.loaded, self.batch_size = loaded, int(batch_size)
         self.output = "image_embeds" if loaded.module.with_projection else "pooler_output"
-        from jaxmia.models.io import weights_digest
+        from jaxmia.models.formats import weights_digest
 
         self.info = {"kind": "clip_vision", "folder": folder, "architecture": loaded.architecture,
                      "output": self.output, "weights_digest": weights_digest(loaded.params),

@@ -44,8 +44,9 @@ import jax.numpy as jnp
 from jaxmia import config as typed
 from jaxmia.models.attention import (FEED_FORWARD_ACTIVATIONS, Attention, FeedForward, LabelTable, PatchEmbed, layer_norm,
                                      sinusoid_2d)
-from jaxmia.models.io import ModelSpec, register_model
-from jaxmia.models.unet2d import TimestepEmbedding, timestep_sinusoid
+from jaxmia.models.attention import TRANSFORMER_MODULE_LISTS
+from jaxmia.models.blocks import TimestepEmbedding, timestep_sinusoid
+from jaxmia.models.registry import ModelSpec, register_model
 
 TIME_PROJ_DIM = 256  # CombinedTimestepLabelEmbeddings: Timesteps(256, flip_sin_to_cos=True, shift=1)
 
@@ -148,7 +149,7 @@ class CombinedTimestepLabelEmbeddings(nn.Module):
 
     @nn.compact
     def __call__(self, t_proj, labels):
-        t_emb = TimestepEmbedding(self.features, self.precision, name="timestep_embedder")(t_proj)
+        t_emb = TimestepEmbedding(self.features, precision=self.precision, name="timestep_embedder")(t_proj)
         table = LabelTable(self.num_classes + 1, self.features, name="class_embedder")
         return t_emb + table(labels)
 
@@ -253,7 +254,7 @@ def _apply(module: DiTTransformer2DModel, params, x, t, cond):
     return module.apply({"params": params}, x, t, cond)
 
 
-@register_model("DiTTransformer2DModel")
+@register_model("DiTTransformer2DModel", module_lists=TRANSFORMER_MODULE_LISTS)
 def build_dit(config: Mapping[str, Any], *, source: str = "config") -> ModelSpec:
     """The registry builder: class-conditional (cond (B,) int labels, the null class = ``num_embeds_ada_norm``)."""
     cfg = DiTConfig.from_diffusers(config, source=source)

@@ -44,8 +44,8 @@ import jax.numpy as jnp
 from jaxmia import config as typed
 from jaxmia.models.attention import LabelTable, PatchEmbed, dot_product_attention, layer_norm, sinusoid_2d
 from jaxmia.models.conditioning import register_condition_probe
-from jaxmia.models.io import ModelSpec, register_model
-from jaxmia.models.unet2d import timestep_sinusoid
+from jaxmia.models.blocks import timestep_sinusoid
+from jaxmia.models.registry import ModelSpec, register_model
 
 CLASS_NAME = "DiT"
 FREQUENCY_EMBEDDING_SIZE = 256  # TimestepEmbedder's fixed sinusoid width
@@ -282,7 +282,7 @@ def _apply(module: DiT, params, x, t, cond):
     return module.apply({"params": params}, x, t, cond)
 
 
-@register_model(CLASS_NAME)
+@register_model(CLASS_NAME, module_lists=("blocks", "adaLN_modulation", "mlp"))
 def build_dit_official(config: Mapping[str, Any], *, source: str = "config") -> ModelSpec:
     """The registry builder: class-conditional, cond (B,) int labels."""
     cfg = DiTOfficialConfig.from_diffusers(config, source=source)

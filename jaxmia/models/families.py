@@ -43,6 +43,7 @@ from typing import Any, Mapping, Optional
 
 from jaxmia import config as typed
 from jaxmia import schedule as sched
+from jaxmia.models.denoiser import COND_KINDS
 
 # Shipped inside the package (jaxmia/configs, also reachable as configs/ at the repository root).
 FAMILIES_DIR = Path(__file__).resolve().parents[1] / "configs" / "families"
@@ -51,7 +52,7 @@ LATENT_KINDS = ("none", "kl", "vq")
 # Encode modes per latent kind (jaxmia.models.vae.ENCODE_MODES, by autoencoder class).
 ENCODE_MODES = {"none": ("none",), "kl": ("sample", "mean"), "vq": ("pre_quantization", "quantized")}
 AUTOENCODER_CLASSES = {"kl": "AutoencoderKL", "vq": "VQModel"}
-CONDITIONING_KINDS = ("none", "class", "text")
+CONDITIONING_KINDS = COND_KINDS  # what a Denoiser's cond_kind can be
 
 
 @dataclasses.dataclass(frozen=True)
@@ -181,14 +182,39 @@ def parse_family(data: Mapping[str, Any], *, source: str = "family") -> Family:
     return dataclasses.replace(family, path=source)
 
 
+# Families registered from Python (:func:`register_family`), beside the shipped TOML files.
+REGISTERED_FAMILIES: dict[str, Family] = {}
+
+
+def register_family(family: Family) -> Family:
+    """Makes ``family`` loadable by name, as a ``configs/families/<name>.toml`` file would (a model
+    family defined in code, e.g. with its network's module). A name that a shipped file or an
+    earlier registration already uses is refused."""
+    if not isinstance(family, Family):
+        raise TypeError(f"register_family: expected a Family (see parse_family), got {type(family).__name__}")
+    if family.name in REGISTERED_FAMILIES or (FAMILIES_DIR / f"{family.name}.toml").is_file():
+        raise ValueError(f"register_family: model family {family.name!r} exists already")
+    REGISTERED_FAMILIES[family.name] = family
+    return family
+
+
+def unregister_family(name: str) -> None:
+    if name not in REGISTERED_FAMILIES:
+        raise KeyError(f"unregister_family: model family {name!r} is not registered")
+    del REGISTERED_FAMILIES[name]
+
+
 def list_families(directory: Path | None = None) -> list[str]:
-    """Names of the families in ``directory`` (default :data:`FAMILIES_DIR`)."""
+    """Names of the families in ``directory`` (default: :data:`FAMILIES_DIR` and the registered ones)."""
+    registered = set(REGISTERED_FAMILIES) if directory is None else set()
     directory = Path(directory or FAMILIES_DIR)
-    return sorted(p.stem for p in directory.glob("*.toml")) if directory.is_dir() else []
+    files = {p.stem for p in directory.glob("*.toml")} if directory.is_dir() else set()
+    return sorted(files | registered)
 
 
 def load_family(name_or_path, *, directory: Path | None = None) -> Family:
-    """Reads a family by name (``configs/families/<name>.toml``) or from a ``.toml`` path.
+    """Reads a family by name (a registered one, else ``configs/families/<name>.toml``) or from a
+    ``.toml`` path.
 
     Raises:
       ValueError / FileNotFoundError naming the family or file: an unknown family (the known ones
@@ -202,6 +228,8 @@ def load_family(name_or_path, *, directory: Path | None = None) -> Family:
         path = Path(text)
         if not path.is_file():
             raise FileNotFoundError(f"{path}: family file not found")
+    elif directory is None and text in REGISTERED_FAMILIES:
+        return REGISTERED_FAMILIES[text]
     else:
         directory = Path(directory or FAMILIES_DIR)
         path = directory / f"{text}.toml"

@@ -43,10 +43,11 @@ import jax
 import jax.numpy as jnp
 
 from jaxmia import config as typed
-from jaxmia.models.attention import BasicTransformerBlock
-from jaxmia.models.io import ModelSpec, register_model
-from jaxmia.models.unet2d import (ACTIVATIONS, Downsample2D, ResnetBlock2D, Upsample2D, _block_kind, _conv,
-                                  _group_norm, timestep_sinusoid)
+from jaxmia.models.attention import TRANSFORMER_MODULE_LISTS, BasicTransformerBlock
+from jaxmia.models.blocks import (ACTIVATIONS, UNET_MODULE_LISTS, Downsample2D, ResnetBlock2D, TimestepEmbedding,
+                                  Upsample2D, conv, group_norm, timestep_sinusoid)
+from jaxmia.models.registry import ModelSpec, register_model
+from jaxmia.models.unet2d import _block_kind
 
 CROSS_DOWN, PLAIN_DOWN = "CrossAttnDownBlock2D", "DownBlock2D"
 CROSS_UP, PLAIN_UP = "CrossAttnUpBlock2D", "UpBlock2D"
@@ -315,19 +316,6 @@ class UNet2DConditionConfig:
 # ==================================================================================================
 
 
-class TimestepEmbedding(nn.Module):
-    """diffusers ``TimestepEmbedding``: ``linear_1`` → act → ``linear_2`` (act = the UNet's ``act_fn``)."""
-
-    features: int
-    act_fn: str = "silu"
-    precision: Any = None
-
-    @nn.compact
-    def __call__(self, x):
-        x = nn.Dense(self.features, precision=self.precision, name="linear_1")(x)
-        return nn.Dense(self.features, precision=self.precision, name="linear_2")(ACTIVATIONS[self.act_fn.lower()](x))
-
-
 class Transformer2D(nn.Module):
     """diffusers ``Transformer2DModel`` on continuous inputs (the SD UNet's attention block).
 
@@ -351,14 +339,14 @@ class Transformer2D(nn.Module):
         if self.linear_projection:
             h = nn.Dense(inner, precision=self.precision, name="proj_in")(h.reshape(b, height * width, c))
         else:
-            h = _conv(inner, 1, "proj_in", self.precision)(h).reshape(b, height * width, inner)
+            h = conv(inner, 1, "proj_in", self.precision)(h).reshape(b, height * width, inner)
         for i in range(self.layers):
             h = BasicTransformerBlock(self.heads, self.head_dim, cross_attention=True, precision=self.precision,
                                       name=f"transformer_blocks_{i}")(h, context)
         if self.linear_projection:
             h = nn.Dense(c, precision=self.precision, name="proj_out")(h).reshape(b, height, width, c)
         else:
-            h = _conv(c, 1, "proj_out", self.precision)(h.reshape(b, height, width, inner))
+            h = conv(c, 1, "proj_out", self.precision)(h.reshape(b, height, width, inner))
         return h + x
 
 
@@ -491,7 +479,7 @@ class UNet2DConditionModel(nn.Module):
             raise ValueError("this UNet2DConditionModel has no class embedding: class_labels must be None")
 
         # 2. down path; the skip stack starts with conv_in's output
-        h = _conv(c0, cfg.conv_in_kernel, "conv_in", self.precision)(sample)
+        h = conv(c0, cfg.conv_in_kernel, "conv_in", self.precision)(sample)
         skips = [h]
         for level in range(len(cfg.block_out_channels)):
             h, level_skips = DownBlock(cfg, level, self.precision, name=f"down_blocks_{level}")(h, emb, context)
@@ -509,8 +497,8 @@ class UNet2DConditionModel(nn.Module):
             h = UpBlock(cfg, i, self.precision, name=f"up_blocks_{i}")(h, level_skips, emb, context)
 
         # 5. out
-        h = ACTIVATIONS[cfg.act_fn.lower()](_group_norm(cfg.norm_num_groups, cfg.norm_eps, "conv_norm_out")(h))
-        return _conv(cfg.out_channels, cfg.conv_out_kernel, "conv_out", self.precision)(h)
+        h = ACTIVATIONS[cfg.act_fn.lower()](group_norm(cfg.norm_num_groups, cfg.norm_eps, "conv_norm_out")(h))
+        return conv(cfg.out_channels, cfg.conv_out_kernel, "conv_out", self.precision)(h)
 
 
 def _check_context(cfg: UNet2DConditionConfig, context, batch: int):
@@ -557,7 +545,7 @@ def _apply(module: UNet2DConditionModel, params, x, t, cond):
     return module.apply({"params": params}, x, t, cond if kind == "text" else None, cond if kind == "class" else None)
 
 
-@register_model("UNet2DConditionModel")
+@register_model("UNet2DConditionModel", module_lists=UNET_MODULE_LISTS + TRANSFORMER_MODULE_LISTS)
 def build_unet2d_condition(config: Mapping[str, Any], *, source: str = "config") -> ModelSpec:
     """The registry builder: text conditioning (cond (B, L, D)) for cross-attention configs, class labels
     (cond (B,) int) for ``num_class_embeds`` without cross-attention, else unconditional."""

@@ -45,8 +45,9 @@ import jax
 import jax.numpy as jnp
 
 from jaxmia import config as typed
-from jaxmia.models.io import ModelSpec, register_model
-from jaxmia.models.unet2d import ACTIVATIONS, Downsample2D, SpatialAttention, Upsample2D, torch_default_params
+from jaxmia.models.blocks import (ACTIVATIONS, UNET_MODULE_LISTS, Downsample2D, SpatialAttention, Upsample2D, conv,
+                                  group_norm, torch_default_params)
+from jaxmia.models.registry import ModelSpec, register_model
 
 DOWN_BLOCK_TYPES = ("DownEncoderBlock2D", "AttnDownEncoderBlock2D")
 UP_BLOCK_TYPES = ("UpDecoderBlock2D", "AttnUpDecoderBlock2D")
@@ -207,13 +208,7 @@ class VQModelConfig(_ConfigMixin):
 
 
 def _group_norm(groups: int, name: str) -> nn.GroupNorm:
-    # Two-pass variance, as torch.nn.GroupNorm computes it.
-    return nn.GroupNorm(num_groups=groups, epsilon=VAE_EPS, use_fast_variance=False, name=name)
-
-
-def _conv(features: int, kernel: int, name: str, precision) -> nn.Conv:
-    pad = kernel // 2
-    return nn.Conv(features, (kernel, kernel), padding=((pad, pad), (pad, pad)), precision=precision, name=name)
+    return group_norm(groups, VAE_EPS, name)
 
 
 class ResnetBlock(nn.Module):
@@ -229,10 +224,10 @@ class ResnetBlock(nn.Module):
     @nn.compact
     def __call__(self, x):
         act = ACTIVATIONS[self.act_fn.lower()]
-        h = _conv(self.out_channels, 3, "conv1", self.precision)(act(_group_norm(self.groups, "norm1")(x)))
-        h = _conv(self.out_channels, 3, "conv2", self.precision)(act(_group_norm(self.groups, "norm2")(h)))
+        h = conv(self.out_channels, 3, "conv1", self.precision)(act(_group_norm(self.groups, "norm1")(x)))
+        h = conv(self.out_channels, 3, "conv2", self.precision)(act(_group_norm(self.groups, "norm2")(h)))
         if x.shape[-1] != self.out_channels:
-            x = _conv(self.out_channels, 1, "conv_shortcut", self.precision)(x)
+            x = conv(self.out_channels, 1, "conv_shortcut", self.precision)(x)
         return x + h
 
 
@@ -296,7 +291,7 @@ class Encoder(nn.Module):
     def __call__(self, x):
         cfg = self.config
         channels = cfg.block_out_channels
-        h = _conv(channels[0], 3, "conv_in", self.precision)(x)
+        h = conv(channels[0], 3, "conv_in", self.precision)(x)
         for i, kind in enumerate(cfg.down_block_types):
             last = i == len(channels) - 1
             h = CoderBlock(channels[i], cfg.layers_per_block, kind == "AttnDownEncoderBlock2D",
@@ -305,7 +300,7 @@ class Encoder(nn.Module):
         h = MidBlock(channels[-1], cfg.norm_num_groups, cfg.act_fn, cfg.mid_block_add_attention, self.precision,
                      name="mid_block")(h)
         h = nn.silu(_group_norm(cfg.norm_num_groups, "conv_norm_out")(h))  # conv_act is always SiLU
-        return _conv(self.out, 3, "conv_out", self.precision)(h)
+        return conv(self.out, 3, "conv_out", self.precision)(h)
 
 
 class Decoder(nn.Module):
@@ -319,7 +314,7 @@ class Decoder(nn.Module):
     def __call__(self, z):
         cfg = self.config
         channels = tuple(reversed(cfg.block_out_channels))
-        h = _conv(channels[0], 3, "conv_in", self.precision)(z)
+        h = conv(channels[0], 3, "conv_in", self.precision)(z)
         h = MidBlock(channels[0], cfg.norm_num_groups, cfg.act_fn, cfg.mid_block_add_attention, self.precision,
                      name="mid_block")(h)
         for i, kind in enumerate(cfg.up_block_types):
@@ -328,7 +323,7 @@ class Decoder(nn.Module):
                            None if last else "up", cfg.norm_num_groups, cfg.act_fn, self.precision,
                            name=f"up_blocks_{i}")(h)
         h = nn.silu(_group_norm(cfg.norm_num_groups, "conv_norm_out")(h))
-        return _conv(cfg.out_channels, 3, "conv_out", self.precision)(h)
+        return conv(cfg.out_channels, 3, "conv_out", self.precision)(h)
 
 
 def posterior_sample(mean, logvar, noise):
@@ -451,7 +446,7 @@ def abstract_params(module) -> dict:
 
 def init_params(module, seed: int = 0) -> dict:
     """Random float32 parameters drawn on the host with PyTorch's default initialisation (the
-    codebook N(0, 1)): :func:`jaxmia.models.unet2d.torch_default_params`. Jitting ``module.init``
+    codebook N(0, 1)): :func:`jaxmia.models.blocks.torch_default_params`. Jitting ``module.init``
     instead would compile one RNG program per leaf."""
     return torch_default_params(abstract_params(module), seed)
 
@@ -473,13 +468,13 @@ def _spec(module, cfg) -> ModelSpec:
     )
 
 
-@register_model("AutoencoderKL")
+@register_model("AutoencoderKL", role="autoencoder", module_lists=UNET_MODULE_LISTS)
 def build_autoencoder_kl(config: Mapping[str, Any], *, source: str = "config") -> ModelSpec:
     cfg = AutoencoderKLConfig.from_diffusers(config, source=source)
     return _spec(AutoencoderKL(cfg), cfg)
 
 
-@register_model("VQModel")
+@register_model("VQModel", role="autoencoder", module_lists=UNET_MODULE_LISTS)
 def build_vq_model(config: Mapping[str, Any], *, source: str = "config") -> ModelSpec:
     cfg = VQModelConfig.from_diffusers(config, source=source)
     return _spec(VQModel(cfg), cfg)

@@ -1,20 +1,38 @@
 """``report.html``: the audit for a non-specialist, in one self-contained file.
 
-Every image is embedded as a base64 data URI, so the page can be mailed or archived alone.
+Rendered from a typed :class:`~jaxmia.report.sections.AuditReport`. Every image is embedded as a
+base64 data URI, so the page can be mailed or archived alone. Evidence images are PNGs already
+upscaled with nearest neighbour (:mod:`jaxmia.drc.evidence`) and shown at their own pixel size
+with ``image-rendering: pixelated``, so no browser smoothing blurs them.
 """
 
 from __future__ import annotations
 
 import base64
 import html
+import struct
 from pathlib import Path
 
+from jaxmia.report.sections import SIDES, AuditReport, DrcEvidence, DrcImage
 
-def _img(path, alt: str) -> str:
+
+def _img(path, alt: str, *, native: bool = False) -> str:
+    """An embedded PNG; ``native``: shown at its own pixel size (width/height attributes), never shrunk."""
     if not path or not Path(path).is_file():
         return ""
-    data = base64.b64encode(Path(path).read_bytes()).decode()
-    return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{data}">'
+    raw = Path(path).read_bytes()
+    data = base64.b64encode(raw).decode()
+    size = ""
+    if native:
+        width, height = _png_size(raw, path)
+        size = f' class="native" width="{width}" height="{height}"'
+    return f'<img alt="{html.escape(alt)}"{size} src="data:image/png;base64,{data}">'
+
+
+def _png_size(raw: bytes, path) -> tuple:
+    if raw[:8] != b"\x89PNG\r\n\x1a\n" or raw[12:16] != b"IHDR":
+        raise ValueError(f"{path}: not a PNG file")
+    return struct.unpack(">II", raw[16:24])
 
 
 def _fmt(x, digits=3) -> str:
@@ -26,7 +44,7 @@ def _fmt(x, digits=3) -> str:
 
 
 _CSS = """
-body{font-family:system-ui,sans-serif;max-width:980px;margin:2em auto;padding:0 1em;color:#222;line-height:1.45}
+body{font-family:system-ui,sans-serif;max-width:1120px;margin:2em auto;padding:0 1em;color:#222;line-height:1.45}
 h1{font-size:1.6em} h2{margin-top:1.8em;border-bottom:1px solid #ddd}
 .verdict{font-size:1.25em;padding:.8em 1em;border-radius:6px}
 .guilty{background:#fde2e1;border:1px solid #e06c6c} .innocent{background:#e3f4e1;border:1px solid #6cae6c}
@@ -34,35 +52,39 @@ h1{font-size:1.6em} h2{margin-top:1.8em;border-bottom:1px solid #ddd}
 table{border-collapse:collapse;margin:.5em 0} td,th{border:1px solid #ccc;padding:.25em .6em;text-align:right}
 th{background:#f3f3f3} td:first-child,th:first-child{text-align:left}
 img{max-width:100%;margin:.4em 0;image-rendering:pixelated} .small{color:#666;font-size:.9em}
+img.native{max-width:none;image-rendering:pixelated;image-rendering:crisp-edges}
+.drc-grid{display:grid;grid-template-columns:repeat(2,max-content);gap:.6em 1.2em;overflow-x:auto;margin:.6em 0}
+.drc-grid h3{margin:.2em 0} .drc-panel{margin:0;padding:.4em;border:1px solid #ddd;border-radius:4px;width:min-content}
+.drc-panel figcaption{font-size:.9em} .drc-panel .score{font-weight:bold}
+.drc-cols{display:flex;font-size:.8em;color:#555;padding-left:2px} .drc-cols span{text-align:center}
+
 """
 
 
-def write_html_report(report: dict, path) -> Path:
-    """Renders an audit ``report`` (the dict of :func:`jaxmia.audit.run_audit`) to ``path``."""
-    v = report["verdict"]
-    conclusion = report.get("conclusion") or {}
-    status = conclusion.get("status") or ("trained" if v.get("reject") else "no_evidence")
-    css = {"trained": "guilty", "no_evidence": "innocent", "inconclusive": "inconclusive"}[status]
-    out = report.get("outputs", {})
-    cdi_out, mia_out = out.get("cdi", {}), out.get("mia", {})
-    null = report.get("null_calibration")
+def write_html_report(report: AuditReport, outputs: dict, path) -> Path:
+    """Renders an audit ``report`` to ``path``; ``outputs``: the CDI/MIA plot paths (write_report's)."""
+    v = report.cdi.verdict
+    conclusion = report.conclusion
+    css = {"trained": "guilty", "no_evidence": "innocent", "inconclusive": "inconclusive"}[conclusion.status]
+    cdi_out, mia_out = outputs.get("cdi", {}), outputs.get("mia", {})
+    null = report.cdi.null_calibration
     parts = [
         "<!doctype html><html><head><meta charset='utf-8'><title>jaxmia audit</title>",
         f"<style>{_CSS}</style></head><body>",
         "<h1>Was this model trained on the published images?</h1>",
-        f"<p class='verdict {css}'><span class='headline'>{html.escape(conclusion.get('headline', ''))}</span>"
-        f"{html.escape(report['summary'])}</p>",
-        *(f"<p class='small'>Caveat: {html.escape(c)}.</p>" for c in conclusion.get("caveats", [])),
+        f"<p class='verdict {css}'><span class='headline'>{html.escape(conclusion.headline)}</span>"
+        f"{html.escape(conclusion.summary)}</p>",
+        *(f"<p class='small'>Caveat: {html.escape(c)}.</p>" for c in conclusion.caveats),
         "<h2>The test</h2>",
         "<table>",
-        f"<tr><th>p-value</th><td>{html.escape(conclusion.get('p_text') or _fmt(v.get('p_value')))}</td></tr>",
+        f"<tr><th>p-value</th><td>{html.escape(conclusion.p_text)}</td></tr>",
         f"<tr><th>how it was obtained</th><td>{html.escape(str(v.get('method')))}"
         f"{', ' + str(v.get('alternative')) if v.get('alternative') else ''}</td></tr>",
         f"<tr><th>statistic</th><td>{_fmt(v.get('statistic'))}</td></tr>",
         f"<tr><th>direction matches membership</th><td>{_fmt(v.get('is_correct_order'))}</td></tr>",
         f"<tr><th>images per side (n)</th><td>{_fmt(v.get('n_p'))}</td></tr>",
         f"<tr><th>decision level α</th><td>{_fmt(v.get('alpha'))}</td></tr>",
-        f"<tr><th>samples per side needed for p ≤ α</th><td>{_fmt(report.get('samples_needed'))}</td></tr>",
+        f"<tr><th>samples per side needed for p ≤ α</th><td>{_fmt(report.cdi.samples_needed)}</td></tr>",
         "</table>",
         "<p class='small'>The p-value is the probability of seeing a difference at least this large between "
         "the published set P and the unpublished set U if the model had never been trained on P and P and U "
@@ -70,8 +92,8 @@ def write_html_report(report: dict, path) -> Path:
         "an innocent model at most 1% of the time; the checks below test the 'made the same way' part.</p>",
     ]
     parts += _evidence_strength(v)
-    parts += _shift_section(report.get("shift"))
-    dup = (report.get("data_checks") or {}).get("duplicates")
+    parts += _shift_section(report.shift)
+    dup = report.run.duplicates
     if dup:
         counts = {side: dup[side]["duplicates"] for side in ("published", "unpublished")}
         action = {"drop": "dropped, one of each kept", "keep": "kept", "refuse": "refused"}[dup["policy_within_side"]]
@@ -94,7 +116,7 @@ def write_html_report(report: dict, path) -> Path:
     parts.append(_img(cdi_out.get("score_histogram"), "score histogram"))
     parts.append("<p class='small'>Each image gets a membership score from a model that never saw that image. "
                  "If the model was trained on P, P's scores sit to the right of U's.</p>")
-    mia = report.get("mia_context") or {}
+    mia = report.mia.context()
     if mia:
         parts += ["<h2>Single-image attacks (context)</h2>",
                   "<p class='small'>How well each per-image signal alone separates P from U. Single-image "
@@ -106,24 +128,67 @@ def write_html_report(report: dict, path) -> Path:
                          f"<td>{_fmt(_tpr(tpr, 0.01))}</td><td>{_fmt(_tpr(tpr, 0.001))}</td></tr>")
         parts.append("</table>")
         parts.append(_img(mia_out.get("roc_loglog") or mia_out.get("roc"), "ROC curves"))
-    drc = report.get("drc")
-    if drc:
-        parts += ["<h2>Restoration evidence (DRC)</h2>",
-                  "<p class='small'>Each row: original | degraded (masked) | restored by the model | difference. "
-                  "A model restores images it was trained on more faithfully.</p>"]
-        for side in ("published", "unpublished"):
-            d = drc.get(side) or {}
-            parts.append(f"<h3>{side} images (mean {html.escape(drc['metric'])}: {_fmt(d.get('mean_' + drc['metric']))})</h3>")
-            for p in d.get("evidence", [])[:8]:
-                parts.append(_img(p, f"DRC evidence {side}"))
+    if report.drc is not None:
+        parts += _drc_section(report.drc, conclusion.p_text, v.get("alpha"))
     parts += ["<h2>Details</h2>",
-              f"<p class='small'>Model digest {html.escape(str(report['model']['digest']))}; seed {report['seed']}; "
-              f"jaxmia {html.escape(report['versions']['jaxmia'])}. Everything here is in report.json, and the "
+              f"<p class='small'>Model digest {html.escape(str(report.run.model.digest))}; seed {report.run.seed}; "
+              f"jaxmia {html.escape(report.versions['jaxmia'])}. Everything here is in report.json, and the "
               "resolved configuration in config.json.</p>",
               "</body></html>"]
     path = Path(path)
     path.write_text("\n".join(p for p in parts if p))
     return path
+
+
+def _drc_section(drc: DrcEvidence, p_text: str, alpha) -> list:
+    """P's and U's most member-like and most non-member-like restorations side by side, with scores."""
+    metric = drc.metric.upper() if drc.metric in ("mse", "psnr", "ssim") else drc.metric
+    better = "higher" if drc.higher_is_member else "lower"
+    out = ["<h2 id='drc'>Restoration evidence (DRC)</h2>",
+           "<p>Part of each image is hidden (masked) and the model paints it back in (restored). A model restores "
+           "images it was trained on more faithfully. Left: published images (P, the suspected members); right: "
+           "unpublished images (U, known non-members). In each, the most member-like and the most non-member-like "
+           f"of the {len(drc.published.images)} and {len(drc.unpublished.images)} images restored, ranked within "
+           f"their own set. DRC score: {html.escape(metric)} between original and restoration, mean over the "
+           f"masks ({better} = more member-like).</p>",
+           f"<p class='small'>These pictures illustrate; they do not decide. The verdict rests on the test above "
+           f"(p = {html.escape(p_text)}, α = {_fmt(alpha)}), computed over every image of P and U. Mean DRC "
+           f"score of the restored images: P {_fmt(drc.published.mean)}, U {_fmt(drc.unpublished.mean)}.</p>",
+           "<div class='drc-grid'>",
+           "<h3>published (P): suspected members</h3><h3>unpublished (U): non-members</h3>"]
+    for pick in ("most_member_like", "most_nonmember_like"):
+        for side in SIDES:
+            out.append(_drc_panel(side, getattr(drc.side(side), pick), metric))
+    out.append("</div>")
+    out.append("<p class='small drc-cols'>Each panel: one row per mask; columns: original | masked (hidden part "
+               "grey) | restored by the model | error (brighter = larger difference).</p>")
+    return out
+
+
+def _drc_panel(side: str, image: DrcImage | None, metric: str) -> str:
+    short = "P" if side == "published" else "U"
+    if image is None:
+        return f"<figure class='drc-panel' data-side='{side}'><figcaption>no image</figcaption></figure>"
+    per_task = ", ".join(f"{html.escape(c.split('_', 2)[-1])} {v:.4g}" for c, v in image.task_scores.items())
+    return (f"<figure class='drc-panel' data-side='{side}' data-id='{html.escape(image.id)}' "
+            f"data-rank='{image.rank}' data-score='{image.score!r}'>" + _drc_columns(image.path)
+            + _img(image.path, f"DRC evidence {short} {image.id}", native=True)
+            + f"<figcaption>{short}, most {html.escape(image.rank)}: {html.escape(image.id)}<br>"
+            f"<span class='score'>DRC score ({html.escape(metric)}) {image.score:.4g}</span>"
+            f" <span class='small'>({per_task})</span></figcaption></figure>")
+
+
+def _drc_columns(path) -> str:
+    """Column titles over an evidence grid, each as wide as its panel (layout of jaxmia.drc.evidence)."""
+    from jaxmia.drc.evidence import COLUMNS, PAD
+
+    if not path or not Path(path).is_file():
+        return ""
+    width, _ = _png_size(Path(path).read_bytes(), path)
+    step = (width - PAD) // len(COLUMNS)  # one panel plus its gap
+    titles = ("original", "masked", "restored", "error")
+    return ("<div class='drc-cols'>" + "".join(f"<span style='width:{step}px'>{t}</span>" for t in titles)
+            + "</div>")
 
 
 def _evidence_strength(v: dict) -> list:

@@ -4,7 +4,7 @@ Das, Zhang & Tramèr ("Blind baselines beat membership inference attacks for fou
 2024) and Zhang, Das, Kamath & Tramèr ("Membership inference attacks cannot prove that a model was
 trained on your data", SaTML 2025) show that member / non-member benchmarks are often separable by
 model-free features, and then any membership score "detects" the shift. jaxmia runs the same scoring
-model and the same calibrated test as the verdict (:func:`jaxmia.inference.run_cdi`) on per-image
+model and the same calibrated test as the verdict (:func:`jaxmia.cdi.run_cdi`) on per-image
 features that never touch the model:
 
 * intensity: mean, standard deviation, 1st / 99th percentiles, share of near-black / near-white
@@ -172,7 +172,7 @@ def blind_test(p: FeatureTable, u: FeatureTable, cdi_config) -> dict:
 
     Returns ``{"verdict", "separating", "features", "pairing"}`` (verdict: as ``run_cdi``'s).
     """
-    from jaxmia.inference import run_cdi
+    from jaxmia.cdi import run_cdi
 
     cfg = dataclasses.replace(cdi_config, features=None, curve=False)
     res = run_cdi(p, u, cfg)

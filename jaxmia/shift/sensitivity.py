@@ -50,7 +50,7 @@ def processing_sensitivity(u_set, u_table, features_of, cdi_config, *, specs, ma
       blind p / reject. The first row, ``"none"``, is the unprocessed control.
     """
     from jaxmia.data import Dataset
-    from jaxmia.inference import run_cdi
+    from jaxmia.cdi import run_cdi
     from jaxmia.inference.stat_tests import format_p
 
     for spec in specs:

@@ -1,0 +1,217 @@
+"""DRC ablation (issue 18): which restoration and comparison make degrade-restore-compare work?
+
+    python scripts/drc_ablation.py                                # demo, few, many; 60 + 60 images each
+    python scripts/drc_ablation.py --targets demo --members 30 --nonmembers 30 --settings base,invert_s25
+    python scripts/drc_ablation.py --work runs/reproduce --out docs/results/drc_ablation.md
+
+For each digits target of ``scripts/reproduce.py`` (``demo`` is bundled; ``few`` and ``many`` are
+trained into ``<work>/targets/<name>`` by its ``ensure_target`` when missing, a few minutes each) it
+takes a seeded subset of members and non-members (the same images for every setting), computes the
+loss attack (``dl`` of the ``cdi`` feature preset: t = 100, 5 draws, L2; lower = member) and runs
+``jaxmia.drc.run_drc`` once per setting of :data:`SETTINGS`, exporting every metric (mse, psnr,
+ssim, model). From each run's table it reports the AUC of ``drc_score`` (the label-free per-image
+score ``jaxmia drc`` writes: per-task across-data z-scores, mean over tasks,
+:func:`jaxmia.drc.aggregate.drc_score`) for each metric, for the centre-square and the
+random-patch tasks alone, and the best single task, next to the loss attack's AUC on the same
+images and the network calls per image. Everything is seeded; runs are cached in
+``<work>/drc_ablation/<target>/<setting>`` keyed by the config and the image ids.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+import click
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+REPO = Path(__file__).resolve().parent.parent
+METRICS = ("mse", "psnr", "ssim", "model")
+# Shared by every setting: the default 10 tasks ({centre, patches} × ρ ∈ {0.1, …, 0.5}), K = 10
+# steps (the loaded 2-core CPU budget; K = 50 is the `jaxmia drc` default), every metric.
+BASE = {"steps": 10, "metrics": METRICS, "score_metric": "psnr", "ssim_window": 7}
+SETTINGS = {
+    "base": ({"strength": 0.5}, "RePaint-style (DDIM), strength 0.5 (the `jaxmia drc` default but K = 10)"),
+    "repaint_s25": ({"strength": 0.25}, "RePaint-style, strength 0.25"),
+    "repaint_s10": ({"strength": 0.1}, "RePaint-style, strength 0.1"),
+    "repaint_s25_shared": ({"strength": 0.25, "shared_noise": True}, "strength 0.25, noise shared by all images"),
+    "repaint_s25_resample": ({"strength": 0.25, "jump_length": 2, "n_resample": 3},
+                             "strength 0.25, RePaint resampling (jump 2, 3 passes)"),
+    "invert_s50": ({"strength": 0.5, "restore": "invert"}, "DDIM inversion of the whole image, strength 0.5"),
+    "invert_s25": ({"strength": 0.25, "restore": "invert"}, "DDIM inversion, strength 0.25"),
+    "invert_s10": ({"strength": 0.1, "restore": "invert"}, "DDIM inversion, strength 0.1"),
+    "invert_s05": ({"strength": 0.05, "restore": "invert"}, "DDIM inversion, strength 0.05"),
+}
+
+
+def setting_config(name: str):
+    from jaxmia.drc import DRCConfig
+
+    if name not in SETTINGS:
+        raise click.BadParameter(f"unknown setting {name!r}; known: {', '.join(SETTINGS)}")
+    return DRCConfig.from_dict({**BASE, **SETTINGS[name][0]})
+
+
+def subset(folder: Path, n_members: int, n_nonmembers: int, seed: int):
+    """(Dataset sorted by id, labels id -> 0/1): seeded members and non-members of the target's split."""
+    from reproduce import _seeded_subset
+
+    from jaxmia.data import Dataset, digits
+
+    split = json.loads((folder / "split.json").read_text())
+    members = _seeded_subset(split["members"], n_members, [seed, 11])
+    nonmembers = _seeded_subset(split["nonmembers"], n_nonmembers, [seed, 12])
+    ids, images, _ = digits(int(split["size"]))
+    where = {i: k for k, i in enumerate(ids)}
+    chosen = sorted(members + nonmembers)
+    labels = {i: 1 for i in members} | {i: 0 for i in nonmembers}
+    return Dataset(chosen, images[[where[i] for i in chosen]], None, f"digits split of {folder.name}"), labels
+
+
+def loss_scores(denoiser, data, out: Path, seed: int) -> np.ndarray:
+    """The loss attack's ``dl`` (cdi preset; lower = member) of ``data``, cached in ``out``."""
+    from jaxmia.features import extract, make_config
+    from jaxmia.table import load_table
+
+    if out.is_file():
+        table = load_table(out)
+        if table.ids.tolist() == list(data.ids) and table.meta.get("model_digest") == denoiser.digest:
+            return table.select(["dl"]).values[:, 0]
+    table = extract(denoiser, data, "loss", out=out, seed=seed, config=make_config("cdi"), progress=False)
+    return table.select(["dl"]).values[:, 0]
+
+
+def drc_table(denoiser, data, cfg, out: Path, seed: int):
+    from jaxmia.drc import run_drc
+    from jaxmia.table import load_table
+
+    path = out / "drc_scores.npz"
+    if path.is_file():
+        table = load_table(path)
+        if (table.ids.tolist() == list(data.ids) and table.meta.get("model_digest") == denoiser.digest
+                and table.meta.get("drc", {}).get("config") == cfg.to_dict() and table.meta.get("seed") == seed):
+            return table, 0.0
+    start = time.perf_counter()
+    run_drc(denoiser, data, cfg, out, seed=seed, evidence=0, progress=False)
+    return load_table(path), time.perf_counter() - start
+
+
+def summarise(table, cfg, y: np.ndarray) -> dict:
+    """AUCs of drc_score per metric, per mask kind, and of the best single task (score metric)."""
+    from jaxmia.drc import drc_score, tasks
+    from jaxmia.drc.metrics import orient
+    from jaxmia.inference.metrics import auc
+
+    task_list = tasks(cfg)
+
+    def score(metric, keep):
+        cols = [f"drc_{metric}_{t.name}" for t in task_list if keep(t)]
+        return drc_score(orient(table.select(cols).values.astype(np.float64), metric))
+
+    out = {f"auc_{m}": auc(score(m, lambda t: True), y) for m in cfg.metrics}
+    for kind in cfg.kinds:
+        out[f"auc_{cfg.score_metric}_{kind}"] = auc(score(cfg.score_metric, lambda t, k=kind: t.kind == k), y)
+    single = {t.name: auc(orient(table.select([f"drc_{cfg.score_metric}_{t.name}"]).values[:, 0], cfg.score_metric), y)
+              for t in task_list}
+    best = max(single, key=single.get)
+    out["best_task"], out["auc_best_task"] = best, single[best]
+    out["auc_drc_score_column"] = auc(table.select(["drc_score"]).values[:, 0], y)
+    return out
+
+
+def markdown(rows: list[dict], header: dict) -> str:
+    lines = [
+        "# DRC ablation (issue 18)",
+        "",
+        f"Generated by `{header['command']}` on {header['date']} ({header['machine']}). Each target: "
+        f"{header['members']} members + {header['nonmembers']} non-members (seeded, the same images in every row); "
+        "every setting restores the 10 default tasks (centre square and random patches × hole ratio 0.1–0.5) "
+        "with K = 10 steps. AUC columns are AUCs of the label-free `drc_score` (per-task z-score across the "
+        "evaluated images, mean over tasks) for the comparison named: `psnr`/`mse`/`ssim` on the hole, `model` = "
+        "distance between the target denoiser's ε̂ on the original and on the restoration, both noised to t = 50 "
+        "with one shared ε; `centre`/`patches` = psnr on those tasks only; `best task` = the best single "
+        "(psnr) task, chosen on the labels (optimistic). `loss` = the loss attack (`dl`, t = 100, 5 draws) on the "
+        "same images. With 60 + 60 images an AUC has a standard error of about 0.05.",
+        "",
+        "| target | setting | calls / image | psnr | mse | ssim | model | centre | patches | best task | loss (dl) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['target']} | `{r['setting']}`: {r['about']} | {r['calls']} | {r['auc_psnr']:.3f} | "
+            f"{r['auc_mse']:.3f} | {r['auc_ssim']:.3f} | {r['auc_model']:.3f} | {r['auc_psnr_center']:.3f} | "
+            f"{r['auc_psnr_patches']:.3f} | {r['auc_best_task']:.3f} ({r['best_task']}) | {r['auc_loss']:.3f} |")
+    lines.append("")
+    best = {}
+    for r in rows:
+        for m in METRICS:
+            key = (r["target"])
+            if key not in best or r[f"auc_{m}"] > best[key][0]:
+                best[key] = (r[f"auc_{m}"], r["setting"], m, r["auc_loss"])
+    lines.append("Best `drc_score` per target (over settings and comparisons; chosen on the labels): "
+                 + "; ".join(f"`{t}` {a:.3f} (`{s}`, {m}) vs loss {l:.3f}" for t, (a, s, m, l) in best.items()) + ".")
+    return "\n".join(lines) + "\n"
+
+
+@click.command()
+@click.option("--targets", default="demo,few,many", show_default=True, help="digits targets of scripts/reproduce.py")
+@click.option("--settings", "names", default=",".join(SETTINGS), show_default=True)
+@click.option("--members", default=60, show_default=True)
+@click.option("--nonmembers", default=60, show_default=True)
+@click.option("--seed", default=0, show_default=True)
+@click.option("--work", default="runs/reproduce", show_default=True, type=click.Path(file_okay=False))
+@click.option("--out", default=None, type=click.Path(dir_okay=False), help="markdown file to write")
+@click.option("--json-out", default=None, type=click.Path(dir_okay=False), help="rows as JSON")
+def main(targets, names, members, nonmembers, seed, work, out, json_out):
+    import platform
+    from datetime import datetime, timezone
+
+    import reproduce
+
+    from jaxmia.drc import network_calls_per_image
+    from jaxmia.inference.metrics import auc
+    from jaxmia.models import load_denoiser
+
+    specs = {s.name: s for s in reproduce.SIZES["default"].targets}
+    work = Path(work)
+    rows = []
+    for name in [t.strip() for t in targets.split(",") if t.strip()]:
+        if name not in specs:
+            raise click.BadParameter(f"unknown target {name!r}; known: {', '.join(specs)}")
+        reproduce.ensure_target(specs[name], work, progress=False)
+        folder = reproduce.target_folder(specs[name], work)
+        denoiser = load_denoiser(str(folder))
+        data, labels = subset(folder, members, nonmembers, seed)
+        y = np.asarray([labels[i] for i in data.ids])
+        base_dir = work / "drc_ablation" / name
+        loss = -loss_scores(denoiser, data, base_dir / "loss.npz", seed)
+        auc_loss = auc(loss, y)
+        click.echo(f"{name}: {int(y.sum())} members + {int((1 - y).sum())} non-members; loss AUC {auc_loss:.3f}")
+        for setting in [s.strip() for s in names.split(",") if s.strip()]:
+            cfg = setting_config(setting)
+            table, seconds = drc_table(denoiser, data, cfg, base_dir / setting, seed)
+            row = {"target": name, "setting": setting, "about": SETTINGS[setting][1], "auc_loss": auc_loss,
+                   "calls": network_calls_per_image(cfg, denoiser.schedule.num_train_timesteps),
+                   "seconds": round(seconds, 1), **summarise(table, cfg, y)}
+            rows.append(row)
+            click.echo(f"  {setting:22s} calls {row['calls']:4d}  " + "  ".join(
+                f"{m} {row[f'auc_{m}']:.3f}" for m in METRICS) + f"  best task {row['auc_best_task']:.3f} "
+                f"({row['best_task']})  loss {auc_loss:.3f}  [{seconds:.0f}s]")
+    header = {"command": "python scripts/drc_ablation.py " + " ".join(sys.argv[1:]),
+              "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+              "machine": f"{platform.machine()}, Python {platform.python_version()}",
+              "members": members, "nonmembers": nonmembers}
+    if json_out:
+        Path(json_out).write_text(json.dumps({"header": header, "rows": rows}, indent=1) + "\n")
+    if out:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        Path(out).write_text(markdown(rows, header))
+        click.echo(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
