@@ -346,9 +346,10 @@ def test_load_denoiser_from_pipeline_and_model_folders(pipeline):
 
 
 def test_load_denoiser_demo(tmp_path, pipeline, monkeypatch):
-    monkeypatch.setattr(model_layout, "DEMO_TARGET", pipeline)
+    # "demo" resolves through layout.BUNDLED_TARGETS (the RGB target joined it), so patch that table.
+    monkeypatch.setitem(model_layout.BUNDLED_TARGETS, "demo", pipeline)
     assert load_denoiser("demo").digest == load_denoiser(pipeline).digest
-    monkeypatch.setattr(model_layout, "DEMO_TARGET", tmp_path / "absent")
+    monkeypatch.setitem(model_layout.BUNDLED_TARGETS, "demo", tmp_path / "absent")
     with pytest.raises(FileNotFoundError, match="demo target"):
         load_denoiser("demo")
 

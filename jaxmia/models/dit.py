@@ -41,6 +41,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jaxmia import config as typed
 from jaxmia.models.attention import (FEED_FORWARD_ACTIVATIONS, Attention, FeedForward, LabelTable, PatchEmbed, layer_norm,
                                      sinusoid_2d)
 from jaxmia.models.attention import TRANSFORMER_MODULE_LISTS
@@ -83,22 +84,10 @@ class DiTConfig:
         Raises:
           ValueError naming ``source`` and the key: an unknown key, a wrong type, an unsupported value.
         """
-        if not isinstance(config, Mapping):
-            raise ValueError(f"{source}: a model config must be a JSON object, got {type(config).__name__}")
-        class_name = config.get("_class_name", "DiTTransformer2DModel")
-        if class_name != "DiTTransformer2DModel":
-            raise ValueError(f"{source}: _class_name is {class_name!r}, not 'DiTTransformer2DModel'")
-        types = {f.name: f.type for f in dataclasses.fields(cls)}
-        unknown = sorted(k for k in config if k not in types and not str(k).startswith("_"))
-        if unknown:
-            raise ValueError(f"{source}: unknown DiTTransformer2DModel config key(s) {', '.join(map(repr, unknown))}")
-        values = {k: _coerce(k, config[k], source) for k in types if k in config}
-        out = cls(**values)
-        out.validate(source=source)
-        return out
+        return typed.from_class_config(cls, config, "DiTTransformer2DModel", source=source)
 
     def to_diffusers(self) -> dict:
-        return {"_class_name": "DiTTransformer2DModel", **dataclasses.asdict(self)}
+        return typed.to_class_config(self, "DiTTransformer2DModel")
 
     def validate(self, *, source: str = "config") -> None:
         def bad(key, value, why):
@@ -144,25 +133,6 @@ class DiTConfig:
     @property
     def sample_shape(self) -> tuple[int, int, int]:
         return (self.sample_size, self.sample_size, self.in_channels)
-
-
-def _coerce(key: str, value: Any, source: str):
-    def bad(expected):
-        raise ValueError(f"{source}: {key}={value!r} must be {expected}")
-
-    is_int = isinstance(value, int) and not isinstance(value, bool)
-    if key in ("num_attention_heads", "attention_head_dim", "in_channels", "num_layers", "norm_num_groups",
-               "sample_size", "patch_size"):
-        return value if is_int else bad("an integer")
-    if key in ("out_channels", "num_embeds_ada_norm"):
-        return value if value is None or is_int else bad("an integer or null")
-    if key in ("dropout", "norm_eps"):
-        return float(value) if is_int or isinstance(value, float) else bad("a number")
-    if key in ("attention_bias", "upcast_attention", "norm_elementwise_affine"):
-        return value if isinstance(value, bool) else bad("true or false")
-    if key in ("activation_fn", "norm_type"):
-        return value if isinstance(value, str) else bad("a string")
-    raise AssertionError(f"no type rule for config key {key!r}")
 
 
 # ==================================================================================================

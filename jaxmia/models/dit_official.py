@@ -41,7 +41,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxmia.models import typed_config
+from jaxmia import config as typed
 from jaxmia.models.attention import LabelTable, PatchEmbed, dot_product_attention, layer_norm, sinusoid_2d
 from jaxmia.models.conditioning import register_condition_probe
 from jaxmia.models.blocks import timestep_sinusoid
@@ -71,10 +71,10 @@ class DiTOfficialConfig:
     @classmethod
     def from_diffusers(cls, config: Mapping[str, Any], *, source: str = "config") -> "DiTOfficialConfig":
         """From a ``config.json`` dict (``_class_name`` ``DiT``); bad keys and values refused by name."""
-        return typed_config.from_config(cls, config, CLASS_NAME, source=source)
+        return typed.from_class_config(cls, config, CLASS_NAME, source=source)
 
     def to_diffusers(self) -> dict:
-        return typed_config.to_config(self, CLASS_NAME)
+        return typed.to_class_config(self, CLASS_NAME)
 
     def validate(self, *, source: str = "config") -> None:
         def bad(key, why):

@@ -30,6 +30,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jaxmia import config as typed
 from jaxmia.models.blocks import (ACTIVATIONS, UNET_MODULE_LISTS, Downsample2D, ResnetBlock2D, SpatialAttention,
                                   TimestepEmbedding, Upsample2D, conv, group_norm, timestep_sinusoid,
                                   torch_default_params)
@@ -97,25 +98,7 @@ class UNet2DConfig:
           ValueError naming ``source`` and the key when a key is unknown, a value has the wrong type
           or a value selects a part of diffusers that jaxmia does not port.
         """
-        if not isinstance(config, Mapping):
-            raise ValueError(f"{source}: a model config must be a JSON object, got {type(config).__name__}")
-        class_name = config.get("_class_name", "UNet2DModel")
-        if class_name != "UNet2DModel":
-            raise ValueError(f"{source}: _class_name is {class_name!r}, not 'UNet2DModel'")
-        known = {f.name for f in dataclasses.fields(cls)}
-        # Keys starting with "_" describe the file (_class_name, _diffusers_version, _name_or_path,
-        # ...); diffusers ignores them too.
-        unknown = sorted(k for k in config if k not in known and not str(k).startswith("_"))
-        if unknown:
-            raise ValueError(f"{source}: unknown UNet2DModel config key(s) {', '.join(map(repr, unknown))}")
-        values = {}
-        for field in dataclasses.fields(cls):
-            if field.name in config:
-                values[field.name] = _coerce(field.name, config[field.name], source)
-        try:
-            return cls(**values)
-        except ValueError as err:
-            raise ValueError(f"{source}: {err}") from None
+        return typed.from_class_config(cls, config, "UNet2DModel", source=source)
 
     def __post_init__(self):
         # Lists given in Python become tuples, so the config stays hashable (a static jit argument).
@@ -127,11 +110,7 @@ class UNet2DConfig:
 
     def to_diffusers(self) -> dict:
         """The ``config.json`` dictionary diffusers' ``UNet2DModel`` accepts (lists, not tuples)."""
-        out = {"_class_name": "UNet2DModel"}
-        for field in dataclasses.fields(self):
-            value = getattr(self, field.name)
-            out[field.name] = list(value) if isinstance(value, tuple) else value
-        return out
+        return typed.to_class_config(self, "UNet2DModel")
 
     # ----------------------------------------------------------------------------------------------
     def validate(self) -> None:
@@ -225,51 +204,6 @@ class UNet2DConfig:
     @property
     def has_class_embedding(self) -> bool:
         return self.class_embed_type is not None or self.num_class_embeds is not None
-
-
-_INT_FIELDS = {"in_channels", "out_channels", "layers_per_block", "downsample_padding", "norm_num_groups"}
-_OPT_INT_FIELDS = {"time_embedding_dim", "attention_head_dim", "attn_norm_num_groups", "num_class_embeds",
-                   "num_train_timesteps"}
-_FLOAT_FIELDS = {"freq_shift", "mid_block_scale_factor", "dropout", "norm_eps"}
-_BOOL_FIELDS = {"center_input_sample", "flip_sin_to_cos", "add_attention"}
-_STR_FIELDS = {"time_embedding_type", "downsample_type", "upsample_type", "act_fn", "resnet_time_scale_shift"}
-_OPT_STR_FIELDS = {"mid_block_type", "class_embed_type"}
-_STR_TUPLE_FIELDS = {"down_block_types", "up_block_types"}
-
-
-def _coerce(key: str, value: Any, source: str):
-    """Checks the JSON type of one config value and converts lists to tuples."""
-
-    def bad(expected):
-        raise ValueError(f"{source}: {key}={value!r} must be {expected}")
-
-    def is_int(v):
-        return isinstance(v, int) and not isinstance(v, bool)
-
-    if key in _INT_FIELDS:
-        return value if is_int(value) else bad("an integer")
-    if key in _OPT_INT_FIELDS:
-        return value if value is None or is_int(value) else bad("an integer or null")
-    if key in _FLOAT_FIELDS:
-        return value if is_int(value) or isinstance(value, float) else bad("a number")
-    if key in _BOOL_FIELDS:
-        return value if isinstance(value, bool) else bad("true or false")
-    if key in _STR_FIELDS:
-        return value if isinstance(value, str) else bad("a string")
-    if key in _OPT_STR_FIELDS:
-        return value if value is None or isinstance(value, str) else bad("a string or null")
-    if key in _STR_TUPLE_FIELDS:
-        ok = isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value)
-        return tuple(value) if ok else bad("a list of strings")
-    if key == "block_out_channels":
-        ok = isinstance(value, (list, tuple)) and all(is_int(v) for v in value)
-        return tuple(value) if ok else bad("a list of integers")
-    if key == "sample_size":
-        if value is None or is_int(value):
-            return value
-        ok = isinstance(value, (list, tuple)) and len(value) == 2 and all(is_int(v) for v in value)
-        return tuple(value) if ok else bad("an integer, [height, width] or null")
-    raise AssertionError(f"no type rule for config key {key!r}")  # every dataclass field has one
 
 
 # ==================================================================================================

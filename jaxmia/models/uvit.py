@@ -49,7 +49,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxmia.models import typed_config
+from jaxmia import config as typed
 from jaxmia.models.attention import PatchEmbed, layer_norm
 from jaxmia.models.conditioning import register_condition_probe
 from jaxmia.models.dit_official import FusedAttention, Mlp
@@ -86,10 +86,10 @@ class _Common:
     @classmethod
     def from_diffusers(cls, config: Mapping[str, Any], *, source: str = "config"):
         """From a ``config.json`` dict; unknown keys, wrong types and bad values refused by name."""
-        return typed_config.from_config(cls, config, cls.class_name, source=source)
+        return typed.from_class_config(cls, config, cls.class_name, source=source)
 
     def to_diffusers(self) -> dict:
-        return typed_config.to_config(self, self.class_name)
+        return typed.to_class_config(self, self.class_name)
 
     def validate(self, *, source: str = "config") -> None:
         def bad(key, why):

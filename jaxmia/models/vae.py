@@ -44,6 +44,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jaxmia import config as typed
 from jaxmia.models.blocks import (ACTIVATIONS, UNET_MODULE_LISTS, Downsample2D, SpatialAttention, Upsample2D, conv,
                                   group_norm, torch_default_params)
 from jaxmia.models.registry import ModelSpec, register_model
@@ -63,76 +64,6 @@ ENCODE_MODES = {
 # ==================================================================================================
 # Configs
 # ==================================================================================================
-
-_FIELD_KINDS = {  # JSON type rules of every config key either class accepts
-    "in_channels": "int", "out_channels": "int", "layers_per_block": "int", "latent_channels": "int",
-    "norm_num_groups": "int", "num_vq_embeddings": "int", "vq_embed_dim": "opt_int",
-    "down_block_types": "str_tuple", "up_block_types": "str_tuple", "block_out_channels": "int_tuple",
-    "act_fn": "str", "norm_type": "str", "sample_size": "size",
-    "scaling_factor": "float", "shift_factor": "opt_float",
-    "latents_mean": "opt_float_tuple", "latents_std": "opt_float_tuple",
-    "force_upcast": "bool", "use_quant_conv": "bool", "use_post_quant_conv": "bool",
-    "mid_block_add_attention": "bool", "lookup_from_codebook": "bool",
-}
-
-
-def _coerce(key: str, value: Any, source: str):
-    def bad(expected):
-        raise ValueError(f"{source}: {key}={value!r} must be {expected}")
-
-    def is_int(v):
-        return isinstance(v, int) and not isinstance(v, bool)
-
-    def is_num(v):
-        return is_int(v) or isinstance(v, float)
-
-    kind = _FIELD_KINDS[key]
-    if kind == "int":
-        return value if is_int(value) else bad("an integer")
-    if kind == "opt_int":
-        return value if value is None or is_int(value) else bad("an integer or null")
-    if kind == "float":
-        return float(value) if is_num(value) else bad("a number")
-    if kind == "opt_float":
-        return value if value is None else (float(value) if is_num(value) else bad("a number or null"))
-    if kind == "bool":
-        return value if isinstance(value, bool) else bad("true or false")
-    if kind == "str":
-        return value if isinstance(value, str) else bad("a string")
-    if kind == "str_tuple":
-        ok = isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value)
-        return tuple(value) if ok else bad("a list of strings")
-    if kind == "int_tuple":
-        ok = isinstance(value, (list, tuple)) and all(is_int(v) for v in value)
-        return tuple(value) if ok else bad("a list of integers")
-    if kind == "opt_float_tuple":
-        if value is None:
-            return None
-        ok = isinstance(value, (list, tuple)) and all(is_num(v) for v in value)
-        return tuple(float(v) for v in value) if ok else bad("a list of numbers or null")
-    # "size": an int (square) or [H, W]
-    if is_int(value):
-        return value
-    ok = isinstance(value, (list, tuple)) and len(value) == 2 and all(is_int(v) for v in value)
-    return tuple(value) if ok else bad("an integer or [height, width]")
-
-
-def _parse(cls, config: Mapping[str, Any], source: str):
-    """Strict parse of a diffusers ``config.json`` into the frozen dataclass ``cls``."""
-    if not isinstance(config, Mapping):
-        raise ValueError(f"{source}: a model config must be a JSON object, got {type(config).__name__}")
-    class_name = config.get("_class_name", cls.class_name)
-    if class_name != cls.class_name:
-        raise ValueError(f"{source}: _class_name is {class_name!r}, not {cls.class_name!r}")
-    known = {f.name for f in dataclasses.fields(cls)}
-    # Keys starting with "_" describe the file (_class_name, _diffusers_version, _name_or_path).
-    unknown = sorted(k for k in config if k not in known and not str(k).startswith("_"))
-    if unknown:
-        raise ValueError(f"{source}: unknown {cls.class_name} config key(s) {', '.join(map(repr, unknown))}")
-    out = cls(**{k: _coerce(k, config[k], source) for k in known if k in config})
-    _validate(out, source)
-    return out
-
 
 def _validate(cfg, source: str) -> None:
     """Refuses, by key and value, what diffusers would refuse and what jaxmia does not port."""
@@ -189,15 +120,13 @@ class _ConfigMixin:
     def from_diffusers(cls, config: Mapping[str, Any], *, source: str = "config"):
         """Builds the config from a diffusers ``config.json`` dict; unknown keys and unsupported
         values are refused by name (ValueError naming ``source``)."""
-        return _parse(cls, config, source)
+        out = typed.from_class_config(cls, config, cls.class_name, source=source)
+        _validate(out, source)
+        return out
 
     def to_diffusers(self) -> dict:
         """The ``config.json`` dict diffusers accepts (lists, not tuples)."""
-        out = {"_class_name": self.class_name}
-        for field in dataclasses.fields(self):
-            value = getattr(self, field.name)
-            out[field.name] = list(value) if isinstance(value, tuple) else value
-        return out
+        return typed.to_class_config(self, self.class_name)
 
     @property
     def downsample_factor(self) -> int:
