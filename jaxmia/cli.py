@@ -282,8 +282,9 @@ def signals_command(preset, sets):
 @click.option("--features", default=None,
               help="Columns or groups the tables record (mia, gm, ml, no, new, all, a signal's name), '+'-joined; "
                    "default: every column.")
-@click.option("--test", "test", default=None, type=click.Choice(["hybrid", "permutation", "split", "cdi_reference"]),
-              help="hybrid, permutation and split are calibrated (fixed_score: --set cdi.test=fixed_score) [hybrid].")
+@click.option("--test", "test", default=None,
+              type=click.Choice(["hybrid", "fixed_score", "permutation", "split", "cdi_reference"]),
+              help="all but cdi_reference are calibrated; fixed_score fits no model (docs/inference.md §12) [hybrid].")
 @click.option("--alpha", default=None, type=float, help="Decision level (reject when p <= alpha) [0.01].")
 @click.option("--permutations", default=None, type=int, help="B of the permutation test [1000].")
 @click.option("--alternative", default=None, type=click.Choice(["one-sided", "two-sided"]),
