@@ -343,7 +343,7 @@ def test_config_file_matches_the_recipe_flags():
     (features_cmd,) = [c for c in commands if c.startswith("jaxmia features")]
     argv = shlex.split(features_cmd)
     flags = make_config(argv[argv.index("--preset") + 1],
-                        **parse_overrides([argv[i + 1] for i, a in enumerate(argv) if a == "--set"]))
+                        **parse_overrides([argv[i + 1].removeprefix("features.") for i, a in enumerate(argv) if a == "--set"]))
     union = make_config("cdi", **PRESETS["secmi_mia"], **PRESETS["pia_mia"], **PRESETS["loss_mia"])
     cfg = load_config(CONFIG)
     assert cfg.features == flags == union
