@@ -289,6 +289,7 @@ def from_mapping(cls, mapping: Mapping[str, Any], *, source: str = "config", wha
     section_field, section_types = _sections_of(cls)
     fields = [f for f in _fields(cls) if f.name not in exclude and f is not section_field]
     names = [f.name for f in fields]
+    ignore -= set(names)  # a generic key the class declares (CLIP's projection_dim) is read, not skipped
     keys = [k for k in mapping if k not in ignore and not (skip_private and str(k).startswith("_"))]
     sections = [k for k in keys if k in section_types and k not in names]
     check_keys(keys, names + [k for k in section_types if k not in names], source=source, what=what, prefix=prefix)

@@ -261,7 +261,7 @@ def test_audit_drc_stage_uses_the_embedder(tmp_path):
     cfg = load_config(None, {"audit": {"drc_images": 2, "drc_embedder": str(tmp_path / "clip")},
                              "drc": {"kinds": ["center"], "ratios": [0.25], "steps": 2}})
     assert cfg.to_dict()["audit"]["drc_embedder"] == str(tmp_path / "clip")
-    drc = _drc_evidence(denoiser, p_set, u_set, cfg, tmp_path / "drc", quiet=True)
+    drc = _drc_evidence(denoiser, p_set, u_set, cfg, tmp_path / "drc", quiet=True).to_json()  # the report's form
     assert drc["metric"] == "cos" and drc["embedder"]["output"] == "image_embeds"
     for side in ("published", "unpublished"):
         table = load_table(tmp_path / "drc" / side / "drc_scores.npz")
