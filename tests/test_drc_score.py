@@ -10,7 +10,7 @@ from jaxmia.drc import DRCConfig, drc_score, fit_calibration, mean_z_score, netw
 from jaxmia.drc import masks as M
 from jaxmia.drc import metrics as D
 from jaxmia.drc.features import drc_one
-from jaxmia.drc.restore import invert_one, restore_plan
+from jaxmia.drc.restore import degrade, inpaint_one, invert_one, restore_plan
 from jaxmia.models import Denoiser, analytic_denoiser
 from jaxmia.rng import id_hashes, root_key
 from jaxmia.schedule import make_schedule
@@ -101,6 +101,73 @@ def test_invert_single_point_closed_form(rng):
     out = np.asarray(fn(jnp.asarray(x0)))
     np.testing.assert_allclose(out[hole], x_star[hole], atol=1e-4)
     np.testing.assert_array_equal(out[~hole], x0[~hole])
+
+
+def _numpy_degrade(x0, mask, fill):
+    known = mask[..., None] > 0.5
+    value = np.zeros(x0.shape[-1]) if fill == "known" else (x0 * known).sum((0, 1)) / known.sum()
+    return np.where(known, x0.astype(np.float64), value)
+
+
+@pytest.mark.parametrize("fill", ["known", "mean"])
+def test_invert_masked_matches_numpy_rederivation_and_never_sees_the_hole(rng, fill):
+    """restore='invert_masked' = the NumPy inversion of the DEGRADED image; the hole's content cannot
+    change the result (bit for bit), while restore='invert' does depend on it."""
+    x0 = rng.uniform(-1, 1, (8, 8, 2)).astype(np.float32)
+    mask = np.asarray(M.center_mask(8, 8, 0.3))
+    hole = mask < 0.5
+    den = Denoiser(params={"a": jnp.float32(0.3)}, schedule=SCHEDULE,
+                   apply_fn=lambda p, x, t, c: p["a"] * x * (1.0 + t[:, None, None, None] / 1000.0),
+                   sample_shape=(8, 8, 2), x0_clip=None, digest="linear")
+    plan = restore_plan(1000, 0.3, 4)
+    fn = jax.jit(lambda x, r: inpaint_one(den, x, mask, jax.random.key(0), plan=plan, init=fill, restore=r),
+                 static_argnums=1)
+    got = np.asarray(fn(x0, "invert_masked"))
+    degraded = _numpy_degrade(x0, mask, fill)
+    np.testing.assert_allclose(np.asarray(degrade(jnp.asarray(x0), mask, fill)), degraded, rtol=1e-6, atol=1e-7)
+    want = _numpy_invert(degraded, mask, 0.3, list(plan.timesteps))
+    np.testing.assert_allclose(got, np.where(mask[..., None] > 0.5, x0, want), rtol=1e-4, atol=1e-5)
+    np.testing.assert_array_equal(got[~hole], x0[~hole])  # known region exact
+    other = x0.copy()
+    other[hole] = rng.uniform(-1, 1, other[hole].shape)  # another hole content, same known region
+    np.testing.assert_array_equal(np.asarray(fn(other, "invert_masked")), got)
+    assert float(np.abs(np.asarray(fn(other, "invert")) - np.asarray(fn(x0, "invert"))).max()) > 1e-3
+    assert float(np.abs(got - np.asarray(fn(x0, "invert"))).max()) > 1e-3  # really a different restoration
+
+
+def test_invert_masked_latent_encodes_the_degraded_image(rng):
+    """Latent models: the pixel image is degraded BEFORE the encoder, so the hole cannot leak through it."""
+    image = rng.uniform(-1, 1, (8, 8, 1)).astype(np.float32)
+    seen = []
+
+    def encode(params, x, keys):
+        seen.append(x)
+        return x.reshape(x.shape[0], 4, 2, 4, 2, x.shape[-1]).mean(axis=(2, 4))
+
+    base = _linear_denoiser(0.3)
+    den = Denoiser(params=base.params, schedule=SCHEDULE, apply_fn=base.apply_fn, sample_shape=(4, 4, 1),
+                   x0_clip=None, encoder_params={}, encode_fn=encode,
+                   decode_fn=lambda p, z: jnp.repeat(jnp.repeat(z, 2, axis=1), 2, axis=2), image_shape=(8, 8, 1))
+    mask = np.asarray(M.center_mask(8, 8, 0.5))
+    plan = restore_plan(1000, 0.3, 3)
+    out = np.asarray(inpaint_one(den, jnp.asarray(image), mask, jax.random.key(0), plan=plan,
+                                 init="mean", restore="invert_masked"))
+    np.testing.assert_allclose(np.asarray(seen[0])[0], _numpy_degrade(image, mask, "mean"), rtol=1e-6, atol=1e-7)
+    np.testing.assert_array_equal(out[mask > 0.5], image[mask > 0.5])
+
+
+def test_invert_config_errors_name_the_field():
+    for restore in ("invert", "invert_masked"):
+        with pytest.raises(ValueError, match=r"DRCConfig\.eta: got 0\.5, expected 0 with restore='" + restore):
+            DRCConfig(restore=restore, eta=0.5)
+        with pytest.raises(ValueError, match=r"DRCConfig\.n_resample: got 3"):
+            DRCConfig(restore=restore, n_resample=3)
+    with pytest.raises(ValueError, match=r"DRCConfig\.init: got 'noise', expected 'known' or 'mean'"):
+        DRCConfig(restore="invert_masked", init="noise")
+    with pytest.raises(ValueError, match=r"DRCConfig\.init: got 'mean', expected 'known' with restore='invert'"):
+        DRCConfig(restore="invert", init="mean")
+    cfg = DRCConfig(restore="invert_masked", init="mean", steps=4, ratios=(0.2, 0.4))  # 2 kinds × 2 ratios
+    assert network_calls_per_image(cfg) == 4 * 2 * 4
 
 
 def test_model_distance_closed_form(rng):

@@ -16,8 +16,16 @@ MASK_KINDS = ("center", "rect", "patches", "user")
 # Metrics a kernel computes inside the compiled call; "cos" needs a user embed_fn (host side).
 JAX_METRICS = ("mse", "mse_full", "psnr", "ssim", "model")
 METRICS = JAX_METRICS + ("cos",)
-INITS = ("known", "noise")
-RESTORES = ("repaint", "invert")
+INITS = ("known", "mean", "noise")
+RESTORES = ("repaint", "invert", "invert_masked")
+# One line per restoration, for the CLI and the report: which of them sees the hole.
+RESTORE_ABOUT = {
+    "repaint": "RePaint-style inpainting from q(degraded image, t_start) with keyed noise (degrade-respecting)",
+    "invert": "DDIM inversion of the ORIGINAL image, hole included, then regeneration: the hole's content "
+              "enters x_t (a reconstruction-error attack, SecMI-like; not degrade-restore)",
+    "invert_masked": "DDIM inversion of the DEGRADED image (hole filled as `init` says), then regeneration "
+                     "with the known region re-imposed from that path (degrade-respecting)",
+}
 
 
 @dataclass(frozen=True)
@@ -47,14 +55,19 @@ class DRCConfig:
         "inverted ratio" analogue).
       steps: K, evenly spaced sampling steps from t_start; one network call each.
       eta: η ∈ [0, 1]; 0 = DDIM (default), 1 = DDPM ancestral.
-      init: ``known``: x ← q(M⊙x0, t_start, ε) (the hole starts mid-grey); ``noise``: x ← ε.
+      init: the hole's fill in the degraded image (:func:`jaxmia.drc.restore.degrade`):
+        ``known``: mid-grey 0, x ← q(M⊙x0, t_start, ε); ``mean``: the known region's per-channel
+        mean; ``noise``: x ← ε (``repaint`` only).
       jump_length, n_resample: RePaint resampling (Lugmayr et al., CVPR 2022): every
         ``jump_length`` steps re-noise forward by that many steps and redo them, ``n_resample``
         times in all. ``n_resample = 1`` (default) disables it; RePaint uses 10 and 10.
       restore: ``repaint`` (default): keyed-noise inpainting from q(·, t_start) as above;
         ``invert``: deterministic DDIM inversion of the WHOLE image to t_start (K calls), then
         DDIM regeneration (K calls) with the known region re-imposed from the inversion path
-        (:func:`jaxmia.drc.restore.invert_one`); needs η = 0, ``init="known"``, no resampling.
+        (:func:`jaxmia.drc.restore.invert_one`): the hole's true content enters x_t, a
+        reconstruction-error attack; ``invert_masked``: the same on the DEGRADED image (hole
+        filled per ``init``), so the hole is never seen. Both need η = 0, no resampling;
+        ``invert_masked`` needs ``init`` ``known`` or ``mean``, ``invert`` needs ``known``.
       shared_noise: True: the restoration noise of a task is the same for every image (keyed by
         the task only: common random numbers across members and non-members); False (default):
         keyed by (image id, task).
@@ -116,10 +129,15 @@ class DRCConfig:
         _check(_is_int(self.jump_length) and self.jump_length >= 1, "jump_length", self.jump_length, "an int >= 1")
         _check(_is_int(self.n_resample) and self.n_resample >= 1, "n_resample", self.n_resample, "an int >= 1")
         _check(self.restore in RESTORES, "restore", self.restore, f"one of {', '.join(RESTORES)}")
+        if self.restore in ("invert", "invert_masked"):
+            r = f"restore={self.restore!r}"
+            _check(self.eta == 0.0, "eta", self.eta, f"0 with {r} (a deterministic path)")
+            _check(self.n_resample == 1, "n_resample", self.n_resample, f"1 with {r}")
         if self.restore == "invert":
-            _check(self.eta == 0.0, "eta", self.eta, "0 with restore='invert' (a deterministic path)")
             _check(self.init == "known", "init", self.init, "'known' with restore='invert' (the start is the inversion)")
-            _check(self.n_resample == 1, "n_resample", self.n_resample, "1 with restore='invert'")
+        if self.restore == "invert_masked":
+            _check(self.init in ("known", "mean"), "init", self.init,
+                   "'known' or 'mean' with restore='invert_masked' (the hole's deterministic fill)")
         _check(isinstance(self.shared_noise, bool), "shared_noise", self.shared_noise, "a bool")
         _check(_is_int(self.model_timestep) and self.model_timestep >= 0, "model_timestep", self.model_timestep,
                "an int >= 0")
