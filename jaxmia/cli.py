@@ -422,11 +422,13 @@ def audit_command(model, published, unpublished, out_dir, config_file, features,
 
 @main.command("demo")
 @click.option("--out", "out_dir", default="runs/demo", show_default=True, type=click.Path(file_okay=False))
-@click.option("--config", "config_file", type=click.Path(dir_okay=False), help="TOML config (default: configs/experiments/demo.toml)")
+@click.option("--config", "config_file", type=click.Path(dir_okay=False), help="TOML config (default: configs/experiments/<target>.toml)")
+@click.option("--target", type=click.Choice(["demo", "rgb"]), default="demo", show_default=True,
+              help="bundled target: demo (8x8 digits) or rgb (32x32 photo patches)")
 @click.option("--set", "sets", multiple=True, help="override SECTION.FIELD=VALUE")
 @click.option("--quiet", is_flag=True)
-def demo_command(out_dir, config_file, sets, quiet):
-    """Audit the bundled demo target twice: P = its members (guilty), P = non-members (innocent)."""
+def demo_command(out_dir, config_file, target, sets, quiet):
+    """Audit a bundled target twice: P = its members (guilty), P = non-members (innocent)."""
     import time
 
     from jaxmia.audit.demo import demo_config, run_demo
@@ -434,8 +436,8 @@ def demo_command(out_dir, config_file, sets, quiet):
     from jaxmia.audit.config import parse_set
 
     start = time.perf_counter()
-    cfg = demo_config(config_file, parse_set(sets))
-    reports = run_demo(out_dir, cfg, quiet=quiet)
+    cfg = demo_config(config_file, parse_set(sets), target=target)
+    reports = run_demo(out_dir, cfg, quiet=quiet, target=target)
     click.echo("")
     _print_verdict("guilty case   (P = members)    ", reports["guilty"])
     _print_verdict("innocent case (P = non-members)", reports["innocent"])

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Build a wheel, install it into a fresh virtual environment (no editable install, no source tree on
 # the path) and run jaxmia from there: what ships in the wheel is all the package can read at run
-# time (model families, experiment configs, the demo target).
+# time (model families, experiment configs, the demo and RGB targets).
 #
 #   bash scripts/wheel_smoke.sh [WORKDIR]      # WORKDIR defaults to a new temporary folder
 set -euo pipefail
@@ -29,8 +29,12 @@ for name in families:
 cfg = demo_config()
 assert cfg.audit.n == 100, cfg.audit
 den = load_denoiser("demo", family="ddpm_pixel")
+from jaxmia.data import load_dataset
+rgb = load_denoiser("rgb", family="ddpm_pixel")
+assert rgb.sample_shape == (32, 32, 3) and demo_config(target="rgb").audit.n == 32
+assert load_dataset("rgb:members", image_shape=rgb.input_shape).images.shape == (32, 32, 32, 3)
 print(f"wheel smoke: jaxmia {jaxmia.__version__} from {Path(jaxmia.__file__).parent}; families {', '.join(families)}; "
-      f"demo config n = {cfg.audit.n}; demo target {den.sample_shape}")
+      f"demo config n = {cfg.audit.n}; demo target {den.sample_shape}; rgb target {rgb.sample_shape}")
 PY
 "$work/venv/bin/jaxmia" inspect demo --family ddpm_pixel
 "$work/venv/bin/python" -c "import jaxmia.data as d; ids, x, _ = d.digits(8); d.write_npz('few.npz', ids[:6], x[:6])"

@@ -1,4 +1,4 @@
-"""Data: image folders, ``.npz`` arrays and the bundled demo sets, as id-keyed datasets."""
+"""Data: image folders, ``.npz`` arrays and the bundled sets (demo digits, RGB photo patches), as id-keyed datasets."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from jaxmia.data.arrays import read_npz, write_npz  # noqa: F401
 from jaxmia.data.dataset import Batch, Dataset, iter_batches  # noqa: F401
 from jaxmia.data.demo import DEMO_SETS, DEMO_TARGET, demo_split, digits  # noqa: F401
 from jaxmia.data.folder import read_folder  # noqa: F401
+from jaxmia.data.photos import PHOTO_SETS, photo_patches, rgb_split  # noqa: F401
 
 
 def load_dataset(
@@ -18,11 +19,12 @@ def load_dataset(
     resize: str = "refuse",
     on_error: str = "refuse",
 ) -> Dataset:
-    """Loads ``spec``: an image folder, an ``.npz`` file, or ``demo:members|nonmembers|all``.
+    """Loads ``spec``: an image folder, an ``.npz`` file, ``demo:members|nonmembers|all`` (digits) or
+    ``rgb:members|nonmembers|all`` (photo patches of the bundled RGB target).
 
     Args:
       image_shape: (H, W, C) the model expects. Images are converted to C channels; sizes follow
-        ``resize`` (folders) or must match exactly (arrays, demo sets).
+        ``resize`` (folders) or must match exactly (arrays, bundled sets).
     """
     spec = str(spec)
     files = None
@@ -30,6 +32,11 @@ def load_dataset(
         from jaxmia.data.demo import read_demo
 
         ids, images = read_demo(spec.split(":", 1)[1])
+        cond = None
+    elif spec.startswith("rgb:"):
+        from jaxmia.data.photos import read_rgb
+
+        ids, images = read_rgb(spec.split(":", 1)[1])
         cond = None
     elif spec.endswith(".npz"):
         ids, images, cond = read_npz(spec)

@@ -12,7 +12,7 @@ Folders as people save them (docs/methods/models.md §3):
 * a **model folder** (``config.json`` + weights, e.g. ``unet.save_pretrained(d)``), with its
   scheduler config beside ``config.json``, in a ``scheduler/`` folder inside it, or in
   ``../scheduler/`` (the model folder of a pipeline);
-* ``"demo"``: the bundled demo target.
+* ``"demo"`` / ``"rgb"``: the bundled targets (:data:`BUNDLED_TARGETS`).
 
 An explicit scheduler (``--scheduler PATH``: a ``scheduler_config.json`` or a folder holding one)
 overrides whatever the folder holds.
@@ -32,6 +32,9 @@ MODEL_INDEX_NAME = "model_index.json"
 # the index's names are used, whatever they are.
 CONVENTIONAL_COMPONENTS = ("unet", "transformer", "vae", "vqvae", "scheduler")
 DEMO_TARGET = Path(__file__).resolve().parent.parent / "assets" / "demo_target"
+RGB_TARGET = Path(__file__).resolve().parent.parent / "assets" / "rgb_target"
+# The targets shipped in jaxmia/assets, loadable by name (jaxmia.targets trains them).
+BUNDLED_TARGETS = {"demo": DEMO_TARGET, "rgb": RGB_TARGET}
 
 # What a flag can fix, named in every error it can fix (the Python keywords are the same words).
 SCHEDULER_HINT = ("give one with --scheduler PATH (a scheduler_config.json or a folder holding one) or name the "
@@ -113,23 +116,24 @@ def _autoencoder_siblings(root: Path, roles: Mapping[str, str]) -> list[str]:
 
 
 def resolve_layout(path, *, roles: Mapping[str, str], scheduler=None) -> ModelLayout:
-    """The :class:`ModelLayout` of a pipeline folder, a model folder or ``"demo"``.
+    """The :class:`ModelLayout` of a pipeline folder, a model folder or a bundled target's name.
 
     Args:
-      path: the folder (or ``"demo"``).
+      path: the folder (or ``"demo"`` / ``"rgb"``, :data:`BUNDLED_TARGETS`).
       roles: class name -> ``"denoiser"`` or ``"autoencoder"`` for every class jaxmia can load.
       scheduler: an explicit scheduler config (file or folder); overrides the folder's.
 
     Raises:
       FileNotFoundError / ValueError with one line naming the folder, the component and its class.
     """
-    if isinstance(path, str) and path == "demo":
-        if not DEMO_TARGET.is_dir():
-            raise FileNotFoundError(f"{DEMO_TARGET}: the bundled demo target is missing from this installation")
-        path = DEMO_TARGET
+    if isinstance(path, str) and path in BUNDLED_TARGETS:
+        name, path = path, BUNDLED_TARGETS[path]
+        if not path.is_dir():
+            raise FileNotFoundError(f"{path}: the bundled {name} target is missing from this installation")
     root = Path(path)
     if not root.is_dir():
-        raise FileNotFoundError(f"{root}: model path not found (expected a pipeline or model folder, or 'demo')")
+        raise FileNotFoundError(f"{root}: model path not found (expected a pipeline or model folder, or a bundled "
+                                f"target: {', '.join(BUNDLED_TARGETS)})")
     explicit = None if scheduler is None else _scheduler_file(scheduler, what="--scheduler file")
 
     index_path = root / MODEL_INDEX_NAME
