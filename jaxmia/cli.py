@@ -97,6 +97,9 @@ def _float_list(text: str, option: str) -> tuple:
 @click.option("--steps", type=int, default=None, help="Sampling steps K per restoration [50].")
 @click.option("--strength", type=float, default=None, help="Start at t = round(s*T) - 1, s in (0, 1] [0.5].")
 @click.option("--eta", type=float, default=None, help="0 = DDIM, 1 = DDPM ancestral [0].")
+@click.option("--restore", type=click.Choice(["repaint", "invert", "invert_masked"]), default=None,
+              help="repaint: keyed-noise inpainting; invert_masked: DDIM inversion of the degraded image; invert: "
+                   "DDIM inversion of the ORIGINAL image, which sees the hole (a reconstruction attack) [repaint].")
 @click.option("--ratios", default=None, help="Hole ratios, comma-separated [0.1,0.2,0.3,0.4,0.5].")
 @click.option("--kinds", default=None, help="Mask kinds: center, rect, patches [center,patches].")
 @click.option("--evidence", default=4, show_default=True, type=int, help="Images with evidence PNGs.")
@@ -105,16 +108,17 @@ def _float_list(text: str, option: str) -> tuple:
                    "embeddings of original and restoration (the paper's compare) [pixel metrics only].")
 @captions_option
 @model_options
-def drc_command(model, data, out_dir, seed, batch_size, per_device_batch, steps, strength, eta, ratios, kinds, evidence,
-                embedder, captions, scheduler, family):
+def drc_command(model, data, out_dir, seed, batch_size, per_device_batch, steps, strength, eta, restore, ratios, kinds,
+                evidence, embedder, captions, scheduler, family):
     """DRC-style membership scores: degrade MODEL's view of DATA, restore, compare.
 
     Writes OUT/drc_scores.npz (one column per metric and task) and evidence PNGs.
     """
     from jaxmia.data import load_dataset
     from jaxmia.drc import DRCConfig, run_drc
+    from jaxmia.drc.config import RESTORE_ABOUT
 
-    overrides = {"steps": steps, "strength": strength, "eta": eta, "kinds": kinds,
+    overrides = {"steps": steps, "strength": strength, "eta": eta, "restore": restore, "kinds": kinds,
                  "ratios": None if ratios is None else _float_list(ratios, "--ratios")}
     cfg = DRCConfig.from_dict({k: v for k, v in overrides.items() if v is not None})
     embed_fn = None
@@ -130,6 +134,8 @@ def drc_command(model, data, out_dir, seed, batch_size, per_device_batch, steps,
                      seed=seed, evidence=evidence, embed_fn=embed_fn)
     click.echo(f"DRC-style (jaxmia recipe): {result['n_images']} images, {len(result['columns'])} columns, "
                f"{result['network_calls_per_image']} network calls per image, {result['seconds']:.1f}s")
+    click.echo(f"restoration: {cfg.restore} (strength {cfg.strength:g}, K = {cfg.steps}, init {cfg.init}): "
+               f"{RESTORE_ABOUT[cfg.restore]}")
     click.echo(f"scores: {result['table']}")
     if result["summary"]:
         click.echo(f"evidence: {result['summary']} (+{len(result['evidence'])} per-image grids)")
