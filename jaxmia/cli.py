@@ -97,9 +97,10 @@ def _float_list(text: str, option: str) -> tuple:
 @click.option("--steps", type=int, default=None, help="Sampling steps K per restoration [50].")
 @click.option("--strength", type=float, default=None, help="Start at t = round(s*T) - 1, s in (0, 1] [0.5].")
 @click.option("--eta", type=float, default=None, help="0 = DDIM, 1 = DDPM ancestral [0].")
-@click.option("--restore", type=click.Choice(["repaint", "invert", "invert_masked"]), default=None,
-              help="repaint: keyed-noise inpainting; invert_masked: DDIM inversion of the degraded image; invert: "
-                   "DDIM inversion of the ORIGINAL image, which sees the hole (a reconstruction attack) [repaint].")
+@click.option("--restore", type=click.Choice(["repaint", "invert", "invert_masked", "invert_renoise"]), default=None,
+              help="repaint: keyed-noise inpainting; invert_masked: DDIM inversion of the degraded image; "
+                   "invert_renoise: the same with the hole re-noised at t_start; invert: DDIM inversion of the "
+                   "ORIGINAL image, which sees the hole (a reconstruction attack) [repaint].")
 @click.option("--ratios", default=None, help="Hole ratios, comma-separated [0.1,0.2,0.3,0.4,0.5].")
 @click.option("--kinds", default=None, help="Mask kinds: center, rect, patches [center,patches].")
 @click.option("--evidence", default=4, show_default=True, type=int, help="Images with evidence PNGs.")

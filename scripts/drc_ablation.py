@@ -54,6 +54,12 @@ SETTINGS = {
     "masked_s10": ({"strength": 0.1, "restore": "invert_masked"}, "inversion of the degraded image, strength 0.1"),
     "masked_mean_s25": ({"strength": 0.25, "restore": "invert_masked", "init": "mean"},
                         "inversion of the degraded image, hole = known mean, strength 0.25"),
+    "renoise_s50": ({"strength": 0.5, "restore": "invert_renoise"},
+                    "inversion of the degraded image, hole re-noised at t_start, strength 0.5"),
+    "renoise_s25": ({"strength": 0.25, "restore": "invert_renoise"}, "… hole re-noised, strength 0.25"),
+    "renoise_s10": ({"strength": 0.1, "restore": "invert_renoise"}, "… hole re-noised, strength 0.1"),
+    "renoise_mean_s25": ({"strength": 0.25, "restore": "invert_renoise", "init": "mean"},
+                         "… hole re-noised around the known mean, strength 0.25"),
 }
 # Which settings see the hole's true content (restore="invert"): a reconstruction attack, not DRC.
 SEES_HOLE = {name for name, (values, _) in SETTINGS.items() if values.get("restore") == "invert"}

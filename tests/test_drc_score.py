@@ -57,9 +57,10 @@ def _linear_denoiser(a):
                     sample_shape=SHAPE, x0_clip=None, digest="linear")
 
 
-def _numpy_invert(x0, mask, a, ts):
+def _numpy_invert(x0, mask, a, ts, hole_noise=None):
     """NumPy re-derivation of invert_one: DDIM up the timesteps (clean evaluated at t = 0), then down
-    with the known region taken from the up path, and the original pasted back."""
+    with the known region taken from the up path, and the original pasted back; with ``hole_noise``
+    the hole at t_K is first replaced by √ā·x0 + √(1−ā)·ε."""
     eps = lambda x, t: a * x * (1.0 + max(t, 0) / 1000.0)  # noqa: E731
     x, path, src = x0.astype(np.float64), {-1: x0.astype(np.float64)}, [-1] + list(ts[:-1])
     for t_from, t_to in zip(src, ts):
@@ -68,6 +69,8 @@ def _numpy_invert(x0, mask, a, ts):
         x = np.sqrt(_ab(t_to)) * x0_hat + np.sqrt(1 - _ab(t_to)) * e
         path[t_to] = x
     known = mask[..., None] > 0.5
+    if hole_noise is not None:
+        x = np.where(known, x, np.sqrt(_ab(ts[-1])) * x0 + np.sqrt(1 - _ab(ts[-1])) * hole_noise)
     downs = list(ts[::-1]), list(ts[:-1][::-1]) + [-1]
     for t_from, t_to in zip(*downs):
         e = eps(x, t_from)
@@ -133,6 +136,14 @@ def test_invert_masked_matches_numpy_rederivation_and_never_sees_the_hole(rng, f
     np.testing.assert_array_equal(np.asarray(fn(other, "invert_masked")), got)
     assert float(np.abs(np.asarray(fn(other, "invert")) - np.asarray(fn(x0, "invert"))).max()) > 1e-3
     assert float(np.abs(got - np.asarray(fn(x0, "invert"))).max()) > 1e-3  # really a different restoration
+    # invert_renoise: the same inversion, the hole of x_{t_start} re-drawn from q(degraded, t_start, ε)
+    # with ε = normal(key) (the restoration's key), then the same regeneration.
+    renoised = np.asarray(fn(x0, "invert_renoise"))
+    eps = np.asarray(jax.random.normal(jax.random.key(0), x0.shape), np.float64)
+    want = _numpy_invert(degraded, mask, 0.3, list(plan.timesteps), hole_noise=eps)
+    np.testing.assert_allclose(renoised, np.where(mask[..., None] > 0.5, x0, want), rtol=1e-4, atol=1e-5)
+    np.testing.assert_array_equal(np.asarray(fn(other, "invert_renoise")), renoised)
+    assert float(np.abs(renoised - got).max()) > 1e-2  # the re-drawn hole differs from the inverted blank
 
 
 def test_invert_masked_latent_encodes_the_degraded_image(rng):
@@ -157,7 +168,7 @@ def test_invert_masked_latent_encodes_the_degraded_image(rng):
 
 
 def test_invert_config_errors_name_the_field():
-    for restore in ("invert", "invert_masked"):
+    for restore in ("invert", "invert_masked", "invert_renoise"):
         with pytest.raises(ValueError, match=r"DRCConfig\.eta: got 0\.5, expected 0 with restore='" + restore):
             DRCConfig(restore=restore, eta=0.5)
         with pytest.raises(ValueError, match=r"DRCConfig\.n_resample: got 3"):
@@ -167,7 +178,9 @@ def test_invert_config_errors_name_the_field():
     with pytest.raises(ValueError, match=r"DRCConfig\.init: got 'mean', expected 'known' with restore='invert'"):
         DRCConfig(restore="invert", init="mean")
     cfg = DRCConfig(restore="invert_masked", init="mean", steps=4, ratios=(0.2, 0.4))  # 2 kinds × 2 ratios
-    assert network_calls_per_image(cfg) == 4 * 2 * 4
+    assert network_calls_per_image(cfg) == 4 * 2 * 4 == network_calls_per_image(cfg.replace(restore="invert_renoise"))
+    with pytest.raises(ValueError, match=r"DRCConfig\.init: got 'noise', expected 'known' or 'mean' with restore='invert_renoise'"):
+        cfg.replace(restore="invert_renoise", init="noise")
 
 
 def test_model_distance_closed_form(rng):

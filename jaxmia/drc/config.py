@@ -17,7 +17,7 @@ MASK_KINDS = ("center", "rect", "patches", "user")
 JAX_METRICS = ("mse", "mse_full", "psnr", "ssim", "model")
 METRICS = JAX_METRICS + ("cos",)
 INITS = ("known", "mean", "noise")
-RESTORES = ("repaint", "invert", "invert_masked")
+RESTORES = ("repaint", "invert", "invert_masked", "invert_renoise")
 # One line per restoration, for the CLI and the report: which of them sees the hole.
 RESTORE_ABOUT = {
     "repaint": "RePaint-style inpainting from q(degraded image, t_start) with keyed noise (degrade-respecting)",
@@ -25,7 +25,11 @@ RESTORE_ABOUT = {
               "enters x_t (a reconstruction-error attack, SecMI-like; not degrade-restore)",
     "invert_masked": "DDIM inversion of the DEGRADED image (hole filled as `init` says), then regeneration "
                      "with the known region re-imposed from that path (degrade-respecting)",
+    "invert_renoise": "DDIM inversion of the DEGRADED image, the hole re-drawn from q(fill, t_start) with keyed "
+                      "noise, then deterministic regeneration with the known region from that path "
+                      "(degrade-respecting)",
 }
+INVERTS = ("invert", "invert_masked", "invert_renoise")
 
 
 @dataclass(frozen=True)
@@ -66,8 +70,10 @@ class DRCConfig:
         DDIM regeneration (K calls) with the known region re-imposed from the inversion path
         (:func:`jaxmia.drc.restore.invert_one`): the hole's true content enters x_t, a
         reconstruction-error attack; ``invert_masked``: the same on the DEGRADED image (hole
-        filled per ``init``), so the hole is never seen. Both need η = 0, no resampling;
-        ``invert_masked`` needs ``init`` ``known`` or ``mean``, ``invert`` needs ``known``.
+        filled per ``init``), so the hole is never seen (it comes back close to the fill);
+        ``invert_renoise``: as ``invert_masked`` but the hole of x_{t_start} is re-drawn from
+        q(fill, t_start, ε) with keyed ε, then regenerated. All three need η = 0 and no resampling;
+        ``invert_masked``/``invert_renoise`` need ``init`` ``known`` or ``mean``, ``invert`` ``known``.
       shared_noise: True: the restoration noise of a task is the same for every image (keyed by
         the task only: common random numbers across members and non-members); False (default):
         keyed by (image id, task).
@@ -129,15 +135,15 @@ class DRCConfig:
         _check(_is_int(self.jump_length) and self.jump_length >= 1, "jump_length", self.jump_length, "an int >= 1")
         _check(_is_int(self.n_resample) and self.n_resample >= 1, "n_resample", self.n_resample, "an int >= 1")
         _check(self.restore in RESTORES, "restore", self.restore, f"one of {', '.join(RESTORES)}")
-        if self.restore in ("invert", "invert_masked"):
+        if self.restore in INVERTS:
             r = f"restore={self.restore!r}"
             _check(self.eta == 0.0, "eta", self.eta, f"0 with {r} (a deterministic path)")
             _check(self.n_resample == 1, "n_resample", self.n_resample, f"1 with {r}")
         if self.restore == "invert":
             _check(self.init == "known", "init", self.init, "'known' with restore='invert' (the start is the inversion)")
-        if self.restore == "invert_masked":
+        if self.restore in ("invert_masked", "invert_renoise"):
             _check(self.init in ("known", "mean"), "init", self.init,
-                   "'known' or 'mean' with restore='invert_masked' (the hole's deterministic fill)")
+                   f"'known' or 'mean' with restore={self.restore!r} (the degraded image's hole fill)")
         _check(isinstance(self.shared_noise, bool), "shared_noise", self.shared_noise, "a bool")
         _check(_is_int(self.model_timestep) and self.model_timestep >= 0, "model_timestep", self.model_timestep,
                "an int >= 0")

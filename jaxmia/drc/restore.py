@@ -35,8 +35,14 @@ Degrade-respecting inversion (``restore="invert_masked"``): the same inversion a
 run on the DEGRADED image :func:`degrade` (hole filled mid-grey for ``init="known"``, or with the
 known region's per-channel mean for ``init="mean"``), so nothing of the hole's content is seen: the
 known region is re-imposed from the degraded image's own inversion path and the hole is what the
-model's deterministic path makes of the blank. For latent models the pixel image is degraded
-before it is encoded.
+model's deterministic path makes of the blank. DDIM inversion then regeneration is close to the
+identity, so the hole comes back close to the blank itself (measured: chance-level AUC,
+docs/results/drc_ablation.md). ``restore="invert_renoise"`` makes the hole forget the blank: the
+degraded image is inverted as above, then the hole of x_{t_start} is re-drawn from
+q(f, t_start, ε) with keyed ε (RePaint's start on the degraded image), and the K deterministic DDIM
+steps regenerate it with the known region re-imposed from the inversion path (a coherent,
+noise-free known trajectory instead of RePaint's fresh q(x0, t, ε_k) at each step). For latent
+models the pixel image is degraded before it is encoded.
 
 Latent models: the image is encoded, the mask is min-pooled to the latent grid (a latent cell is
 known only if all its pixels are), the latent is restored, decoded, and the known PIXELS are
@@ -152,10 +158,10 @@ def plan_for(denoiser, cfg: DRCConfig) -> RestorePlan:
 
 def network_calls_per_image(cfg: DRCConfig, num_train_timesteps: int = 1000) -> int:
     """Denoiser evaluations one image costs under ``cfg``: R tasks × calls per restoration
-    (moves; 2K for ``restore="invert"`` / ``"invert_masked"``), plus 1 + R for the ``model`` metric (ε̂ of the original
+    (moves; 2K for the ``invert*`` restorations), plus 1 + R for the ``model`` metric (ε̂ of the original
     once, of each restoration once)."""
     plan = restore_plan(num_train_timesteps, cfg.strength, cfg.steps, cfg.jump_length, cfg.n_resample)
-    per_task = 2 * len(plan.timesteps) if cfg.restore in ("invert", "invert_masked") else plan.network_calls
+    per_task = 2 * len(plan.timesteps) if cfg.restore.startswith("invert") else plan.network_calls
     n_tasks = len(tasks(cfg))
     return n_tasks * per_task + (1 + n_tasks if "model" in cfg.metrics else 0)
 
@@ -226,13 +232,15 @@ def degrade(x0, mask, fill: str = "known"):
     return jnp.where(known, x0, value)
 
 
-def invert_one(denoiser, x0, mask, cond=None, *, plan: RestorePlan):
+def invert_one(denoiser, x0, mask, cond=None, *, plan: RestorePlan, hole_noise=None):
     """DDIM-inversion restoration of ONE example (``restore="invert"``; see the module docstring).
 
     Args:
       x0: (h, w, c) clean input in the denoiser's space.
       mask: (h, w) known-region mask M (1 known, 0 hole).
       plan: the static :class:`RestorePlan`; its ``timesteps`` t_1 < … < t_K are used.
+      hole_noise: None (the inverted hole is kept) or an (h, w, c) ε: the hole of x_{t_start} is
+        replaced by q(x0, t_start, ε) before the regeneration (``restore="invert_renoise"``).
 
     Returns:
       (h, w, c) x̂, equal to x0 exactly where M = 1. Deterministic (no key).
@@ -249,6 +257,8 @@ def invert_one(denoiser, x0, mask, cond=None, *, plan: RestorePlan):
         return x_next, x_next
 
     x, path = jax.lax.scan(up, x0, (t_src, ts))  # path[k] = x at t_{k+1}
+    if hole_noise is not None:  # the hole forgets its inverted content: RePaint's start at t_start
+        x = jnp.where(known, x, sched.q_sample(schedule, x0, ts[-1], hole_noise))
     # Down: t_K → … → t_1 → clean, the known region taken from the inversion path at each target.
     targets = jnp.concatenate([path[:-1], x0[None]])[::-1]  # at t_{K-1}, …, t_1, then x0
     t_from = ts[::-1]
@@ -279,7 +289,9 @@ def _restore(denoiser, x0, mask, key, cond, *, plan, eta, init, restore):
         return restore_one(denoiser, x0, mask, key, cond, plan=plan, eta=eta, init=init)
     if restore in ("invert", "invert_masked"):  # invert_masked: x0 is already degraded (inpaint_one)
         return invert_one(denoiser, x0, mask, cond, plan=plan)
-    raise ValueError(f"unknown restore {restore!r}; known: repaint, invert, invert_masked")
+    if restore == "invert_renoise":  # x0 is already degraded; one keyed ε re-draws the hole at t_start
+        return invert_one(denoiser, x0, mask, cond, plan=plan, hole_noise=jax.random.normal(key, x0.shape, x0.dtype))
+    raise ValueError(f"unknown restore {restore!r}; known: repaint, invert, invert_masked, invert_renoise")
 
 
 def inpaint_one(denoiser, image, mask, key, cond=None, *, plan: RestorePlan, eta: float = 0.0,
@@ -288,11 +300,12 @@ def inpaint_one(denoiser, image, mask, key, cond=None, *, plan: RestorePlan, eta
 
     ``restore`` picks :func:`restore_one` (``repaint``), :func:`invert_one` on the original
     (``invert``: sees the hole) or :func:`invert_one` on :func:`degrade` ``(image, mask, init)``
-    (``invert_masked``: the hole's content is replaced, in pixel space, before anything else).
+    (``invert_masked``; ``invert_renoise`` also re-draws the hole at t_start: the hole's content is
+    replaced, in pixel space, before anything else).
     Returns the (H, W, C) restoration, equal to ``image`` exactly where M = 1.
     """
     fn = functools.partial(_restore, plan=plan, eta=eta, init=init, restore=restore)
-    source = degrade(image, mask, init) if restore == "invert_masked" else image
+    source = degrade(image, mask, init) if restore in ("invert_masked", "invert_renoise") else image
     if not denoiser.is_latent:
         return fn(denoiser, source, mask, key, cond)  # x̂ = source = image where M = 1, exactly
     if denoiser.decode_fn is None:
