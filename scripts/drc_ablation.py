@@ -203,13 +203,15 @@ def markdown(rows: list[dict], header: dict) -> str:
 @click.option("--targets", default="demo,few,many,rgb", show_default=True,
               help="digits targets of scripts/reproduce.py, or rgb (the bundled 32×32 RGB target)")
 @click.option("--settings", "names", default=",".join(SETTINGS), show_default=True)
+@click.option("--settings-for", "per_target", multiple=True, metavar="TARGET=S1,S2",
+              help="another settings list for one target (repeatable), e.g. rgb=base,renoise_s50 for a costly target")
 @click.option("--members", default=60, show_default=True)
 @click.option("--nonmembers", default=60, show_default=True)
 @click.option("--seed", default=0, show_default=True)
 @click.option("--work", default="runs/reproduce", show_default=True, type=click.Path(file_okay=False))
 @click.option("--out", default=None, type=click.Path(dir_okay=False), help="markdown file to write")
 @click.option("--json-out", default=None, type=click.Path(dir_okay=False), help="rows as JSON")
-def main(targets, names, members, nonmembers, seed, work, out, json_out):
+def main(targets, names, per_target, members, nonmembers, seed, work, out, json_out):
     import platform
     from datetime import datetime, timezone
 
@@ -222,6 +224,12 @@ def main(targets, names, members, nonmembers, seed, work, out, json_out):
     specs = {s.name: s for s in reproduce.SIZES["default"].targets}
     work = Path(work)
     rows = []
+    overrides = {}
+    for entry in per_target:
+        target, sep, listed = entry.partition("=")
+        if not sep or not listed.strip():
+            raise click.BadParameter(f"--settings-for {entry!r}: expected TARGET=S1,S2")
+        overrides[target.strip()] = listed
     for name in [t.strip() for t in targets.split(",") if t.strip()]:
         if name == "rgb":
             denoiser = load_denoiser(str(RGB_FOLDER))
@@ -238,7 +246,7 @@ def main(targets, names, members, nonmembers, seed, work, out, json_out):
         loss = -loss_scores(denoiser, data, base_dir / "loss.npz", seed)
         auc_loss = auc(loss, y)
         click.echo(f"{name}: {int(y.sum())} members + {int((1 - y).sum())} non-members; loss AUC {auc_loss:.3f}")
-        for setting in [s.strip() for s in names.split(",") if s.strip()]:
+        for setting in [s.strip() for s in overrides.get(name, names).split(",") if s.strip()]:
             cfg = setting_config(setting)
             table, seconds = drc_table(denoiser, data, cfg, base_dir / setting, seed)
             row = {"target": name, "setting": setting, "about": SETTINGS[setting][1], "auc_loss": auc_loss,
