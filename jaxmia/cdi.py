@@ -113,8 +113,17 @@ def run_cdi(p_table: FeatureTable, u_table: FeatureTable, config: CdiConfig | No
     timings = {}
     if config.protocol == "crossfit":
         p, u, pairing = _pair(p, u, config.seed)
-        scored = _crossfit_test(p.values, u.values, config)
+        if config.test == "fixed_score":  # no model: pre-registered oriented scores (docs/inference.md §12)
+            direction = stat_tests.directions_vector(names, p_table.meta.get("lower_is_member", ()),
+                                                     p_table.meta.get("higher_is_member", ()))
+            scored = stat_tests.fixed_score_test(p.values, u.values, direction, names=names,
+                                                 permutations=config.permutations, seed=config.seed,
+                                                 alpha=config.alpha)
+        else:
+            scored = _crossfit_test(p.values, u.values, config)
         ids_p, ids_u = p.ids[scored.rows_p], u.ids[scored.rows_u]
+    elif config.test == "fixed_score":
+        raise ValueError("config test='fixed_score' fits no model: use protocol='crossfit' (it tests every pair)")
     else:
         scored, ids_p, ids_u, pairing = _fixed_split_test(p, u, config)
     timings["test"] = time.perf_counter() - t0

@@ -76,14 +76,37 @@ def load_model(model, scheduler, family):
     return load_denoiser(model, scheduler=scheduler, family=family)
 
 
+def set_option(*sections: str, example: str):
+    """``--set SECTION.FIELD=VALUE`` (repeatable): the one override syntax of every command
+    (:func:`jaxmia.config.parse_set`); the sections are those a config file names."""
+    return click.option("--set", "sets", multiple=True, metavar="SECTION.FIELD=VALUE",
+                        help=f"Override one config field (repeatable; sections: {', '.join(sections)}), "
+                             f"e.g. --set {example}. Explicit flags win over --set.")
+
+
+def parse_sets(sets, sections, *, legacy_section=None, **flags) -> dict:
+    """``--set`` items → nested overrides, then the explicit flags (``section__field=value``, None =
+    not given) on top: the flags are sugar for ``--set``. An item without a section is read as
+    ``legacy_section.FIELD`` with a deprecation message (the old ``features --set FIELD=V`` and
+    ``features --set SIGNAL.FIELD=V``: any item whose first name is not one of ``sections``)."""
+    from jaxmia.config import Text, parse_set
+
+    items = []
+    for item in sets:
+        key = str(item).partition("=")[0]
+        if legacy_section is not None and "=" in str(item) and key.split(".")[0].strip() not in sections:
+            click.echo(f"jaxmia: warning: --set {item} is deprecated; write --set {legacy_section}.{item}", err=True)
+            item = f"{legacy_section}.{item}"
+        items.append(item)
+    nested = parse_set(items, sections=sections)
+    for key, value in flags.items():
+        if value is not None:
+            section, name = key.split("__")
+            nested.setdefault(section, {})[name] = Text(value) if isinstance(value, str) else value
+    return nested
+
+
 # ---- drc: degrade, restore, compare ----------------------------------------------------------
-
-
-def _float_list(text: str, option: str) -> tuple:
-    try:
-        return tuple(float(v) for v in text.split(",") if v.strip())
-    except ValueError:
-        raise ValueError(f"{option}: expected comma-separated numbers, got {text!r}") from None
 
 
 @main.command("drc")
@@ -103,6 +126,7 @@ def _float_list(text: str, option: str) -> tuple:
                    "ORIGINAL image, which sees the hole (a reconstruction attack) [repaint].")
 @click.option("--ratios", default=None, help="Hole ratios, comma-separated [0.1,0.2,0.3,0.4,0.5].")
 @click.option("--kinds", default=None, help="Mask kinds: center, rect, patches [center,patches].")
+@set_option("drc", example="drc.strength=0.3")
 @click.option("--evidence", default=4, show_default=True, type=int, help="Images with evidence PNGs.")
 @click.option("--embedder", default=None, type=click.Path(exists=True, file_okay=False), metavar="PATH",
               help="A transformers CLIPVisionModel / CLIPModel folder: score by the cosine similarity of the CLIP image "
@@ -110,18 +134,19 @@ def _float_list(text: str, option: str) -> tuple:
 @captions_option
 @model_options
 def drc_command(model, data, out_dir, seed, batch_size, per_device_batch, steps, strength, eta, restore, ratios, kinds,
-                evidence, embedder, captions, scheduler, family):
+                sets, evidence, embedder, captions, scheduler, family):
     """DRC-style membership scores: degrade MODEL's view of DATA, restore, compare.
 
-    Writes OUT/drc_scores.npz (one column per metric and task) and evidence PNGs.
+    Writes OUT/drc_scores.npz (one column per metric and task), evidence PNGs and OUT/config.json.
     """
+    from jaxmia.config import write_config_json
     from jaxmia.data import load_dataset
     from jaxmia.drc import DRCConfig, run_drc
     from jaxmia.drc.config import RESTORE_ABOUT
 
-    overrides = {"steps": steps, "strength": strength, "eta": eta, "restore": restore, "kinds": kinds,
-                 "ratios": None if ratios is None else _float_list(ratios, "--ratios")}
-    cfg = DRCConfig.from_dict({k: v for k, v in overrides.items() if v is not None})
+    nested = parse_sets(sets, ("drc",), drc__steps=steps, drc__strength=strength, drc__eta=eta, drc__kinds=kinds,
+                        drc__ratios=ratios, drc__restore=restore)
+    cfg = DRCConfig.from_dict(nested.get("drc", {}), source="jaxmia drc")
     embed_fn = None
     if embedder is not None:
         from jaxmia.drc import with_embedding_metric
@@ -133,6 +158,7 @@ def drc_command(model, data, out_dir, seed, batch_size, per_device_batch, steps,
     dataset = caption_dataset(model, denoiser, dataset, captions, Path(out_dir) / "text_embeddings", family)
     result = run_drc(denoiser, dataset, cfg, out_dir, batch_size=batch_size, per_device_batch=per_device_batch,
                      seed=seed, evidence=evidence, embed_fn=embed_fn)
+    write_config_json({"drc": cfg}, Path(out_dir) / "config.json")
     click.echo(f"DRC-style (jaxmia recipe): {result['n_images']} images, {len(result['columns'])} columns, "
                f"{result['network_calls_per_image']} network calls per image, {result['seconds']:.1f}s")
     click.echo(f"restoration: {cfg.restore} (strength {cfg.strength:g}, K = {cfg.steps}, init {cfg.init}): "
@@ -152,6 +178,18 @@ def _int_list(text: str, option: str) -> tuple:
         raise ValueError(f"{option}: expected comma-separated integers, got {text!r}") from None
 
 
+def _feature_config(sets, preset, *, source: str):
+    """``--preset`` and ``--set features.FIELD=VALUE`` / ``features.SIGNAL.FIELD=VALUE`` (a signal's own
+    section) → (preset name, :class:`jaxmia.features.FeatureConfig`), parsed by :mod:`jaxmia.config`."""
+    from jaxmia import config as typed
+    from jaxmia.features import make_config
+
+    values = dict(parse_sets(sets, ("features",), legacy_section="features", features__preset=preset).get("features", {}))
+    preset = typed.coerce(values.pop("preset", "cdi"), str, path="features.preset", source=source)
+    return preset, typed.apply_overrides(make_config(preset), values, source=source, what="feature config",
+                                         prefix="features.")
+
+
 @main.command("features")
 @click.argument("model")
 @click.argument("data")
@@ -165,11 +203,9 @@ def _int_list(text: str, option: str) -> tuple:
               help="Images each data-axis device computes per call: the compiled shape, part of the run's identity [16].")
 @click.option("--mesh", "mesh", default=None, metavar="DATA,MODEL",
               help="Device mesh, e.g. 4,2: a model axis > 1 splits large parameters [N,1].")
-@click.option("--preset", default="cdi", show_default=True,
-              help="Preset: signals and config values (listed by 'jaxmia signals').")
-@click.option("--set", "overrides", multiple=True, metavar="FIELD=VALUE",
-              help="Override one config field (repeatable), e.g. --set no_mode=reference, or a signal's own "
-                   "section: --set drc.steps=10.")
+@click.option("--preset", default=None,
+              help="Preset: signals and config values (listed by 'jaxmia signals') [cdi] (= --set features.preset=NAME).")
+@set_option("features", example="features.no_mode=reference, or a signal's own section: features.drc.steps=10")
 @click.option("--coordinator", default=None, metavar="HOST:PORT",
               help="Join a jax.distributed run [$JAX_COORDINATOR_ADDRESS]; process 0 merges the shards.")
 @click.option("--num-processes", default=None, type=int, help="P processes share the ids [$JAX_NUM_PROCESSES].")
@@ -178,23 +214,26 @@ def _int_list(text: str, option: str) -> tuple:
               help="Join a jax.distributed run detected from TPU pod / SLURM / Open MPI.")
 @captions_option
 @model_options
-def features_command(model, data, features, out, seed, batch_size, per_device_batch, mesh, preset, overrides,
+def features_command(model, data, features, out, seed, batch_size, per_device_batch, mesh, preset, sets,
                      coordinator, num_processes, process_id, distributed, captions, scheduler, family):
-    """Extract per-image features of DATA under MODEL into a feature table (resumable, shardable)."""
+    """Extract per-image features of DATA under MODEL into a feature table (resumable, shardable).
+
+    Writes OUT (.npz + .json) and OUT.config.json (the effective [features] section)."""
+    from jaxmia import config as typed
     from jaxmia.data import load_dataset
     from jaxmia.distributed import extract_sharded, process_layout
-    from jaxmia.features import make_config, parse_overrides
     from jaxmia.features.config import preset_signals
 
     layout = process_layout(coordinator, num_processes, process_id, distributed=distributed)  # before any JAX work
     mesh_shape = None if mesh is None else _int_list(mesh, "--mesh")
-    cfg = make_config(preset, **parse_overrides(overrides))
+    preset, cfg = _feature_config(sets, preset, source="jaxmia features")
     features = ",".join(preset_signals(preset)) if features is None else features
     denoiser = load_model(model, scheduler, family)
     dataset = load_dataset(data, image_shape=denoiser.input_shape)
     dataset = caption_dataset(model, denoiser, dataset, captions, Path(out).parent / "text_embeddings", family)
     run = extract_sharded(denoiser, dataset, features, out=out, layout=layout, seed=seed, batch_size=batch_size,
                           per_device_batch=per_device_batch, mesh_shape=mesh_shape, config=cfg)
+    typed.write_config_json({"features": {"preset": preset, **cfg.to_dict()}}, f"{out}.config.json")
     table = run.table
     rate = table.meta["throughput"]["images_per_s"]
     cost = table.meta["unet_evals_per_image"]
@@ -209,15 +248,14 @@ def features_command(model, data, features, out, seed, batch_size, per_device_ba
 
 
 @main.command("signals")
-@click.option("--preset", default="cdi", show_default=True, help="Show columns and costs under this preset's config.")
-@click.option("--set", "overrides", multiple=True, metavar="FIELD=VALUE", help="Config overrides, as for 'features'.")
-def signals_command(preset, overrides):
+@click.option("--preset", default=None, help="Show columns and costs under this preset's config [cdi].")
+@set_option("features", example="features.drc.steps=10")
+def signals_command(preset, sets):
     """The registered signals (columns, direction, cost, groups, config read), the presets and the groups."""
-    from jaxmia.features import make_config, parse_overrides
     from jaxmia.features.config import PRESET_SIGNALS, PRESETS
     from jaxmia.features.registry import FEATURES, GROUP_DOCS, plan_config
 
-    cfg = make_config(preset, **parse_overrides(overrides))
+    preset, cfg = _feature_config(sets, preset, source="jaxmia signals")
     click.echo(f"signals (config: preset {preset}):")
     for name, spec in FEATURES.items():
         scfg = plan_config([name], cfg)
@@ -251,25 +289,34 @@ def signals_command(preset, overrides):
 @click.option("--features", default=None,
               help="Columns or groups the tables record (mia, gm, ml, no, new, all, a signal's name), '+'-joined; "
                    "default: every column.")
-@click.option("--test", "test", default="hybrid", show_default=True,
-              type=click.Choice(["hybrid", "permutation", "split", "cdi_reference"]),
-              help="hybrid, permutation and split are calibrated.")
-@click.option("--alpha", default=0.01, show_default=True, type=float, help="Decision level (reject when p <= alpha).")
-@click.option("--permutations", default=1000, show_default=True, type=int, help="B of the permutation test.")
+@click.option("--test", "test", default=None, type=click.Choice(["hybrid", "permutation", "split", "cdi_reference"]),
+              help="hybrid, permutation and split are calibrated (fixed_score: --set cdi.test=fixed_score) [hybrid].")
+@click.option("--alpha", default=None, type=float, help="Decision level (reject when p <= alpha) [0.01].")
+@click.option("--permutations", default=None, type=int, help="B of the permutation test [1000].")
 @click.option("--alternative", default=None, type=click.Choice(["one-sided", "two-sided"]),
               help="Sidedness for split / cdi_reference (default: one-sided / two-sided).")
-@click.option("--seed", default=0, show_default=True, type=int, help="Seeds swaps, splits, pairing and curve resamples.")
-@click.option("--curve-reps", default=1000, show_default=True, type=int, help="Resamples per n of the p-vs-n curve.")
-@click.option("--curve-test", default="split", show_default=True, type=click.Choice(["split", "cdi_reference", "permutation"]))
-@click.option("--no-curve", is_flag=True, help="Skip the sample-count curve.")
+@click.option("--seed", default=None, type=int, help="Seeds swaps, splits, pairing and curve resamples [0].")
+@click.option("--curve-reps", default=None, type=int, help="Resamples per n of the p-vs-n curve [1000].")
+@click.option("--curve-test", default=None, type=click.Choice(["split", "cdi_reference", "permutation"]),
+              help="[split]")
+@click.option("--no-curve", is_flag=True, help="Skip the sample-count curve (= --set cdi.curve=false).")
+@set_option("cdi", example="cdi.permutations=200")
 def cdi_command(published, unpublished, out, features, test, alpha, permutations, alternative, seed, curve_reps,
-                curve_test, no_curve):
-    """CDI dataset inference: was the model trained on the published set? (two feature tables in)."""
-    from jaxmia.cdi import CdiConfig, cdi_from_files
+                curve_test, no_curve, sets):
+    """CDI dataset inference: was the model trained on the published set? (two feature tables in).
 
-    config = CdiConfig(features=features, test=test, alpha=alpha, permutations=permutations, alternative=alternative,
-                       seed=seed, curve=not no_curve, curve_reps=curve_reps, curve_test=curve_test)
+    Defaults are :class:`jaxmia.inference.CdiConfig`'s; OUT/config.json holds the effective [cdi] section."""
+    from jaxmia.cdi import cdi_from_files
+    from jaxmia.config import write_config_json
+    from jaxmia.inference.report import config_from_dict
+
+    nested = parse_sets(sets, ("cdi",), cdi__features=features, cdi__test=test, cdi__alpha=alpha,
+                        cdi__permutations=permutations, cdi__alternative=alternative, cdi__seed=seed,
+                        cdi__curve=False if no_curve else None, cdi__curve_reps=curve_reps, cdi__curve_test=curve_test)
+    config = config_from_dict(nested.get("cdi", {}), source="jaxmia cdi")
+    alpha = config.alpha
     result = cdi_from_files(published, unpublished, out, config)
+    write_config_json({"cdi": config}, Path(out) / "config.json")
     v = result["verdict"]
     click.echo(f"CDI ({v['method']}, {v['alternative']}): p = {v['p_value']:.4g}, n = {v['n_p']} + {v['n_u']}, "
                f"correct order = {v['is_correct_order']}")
@@ -292,19 +339,25 @@ def cdi_command(published, unpublished, out, features, test, alpha, permutations
 @click.option("--columns", default=None, help="Comma-separated score columns (default: all).")
 @click.option("--lower-is-member", "lower", multiple=True, help="Column whose raw score is lower for members (repeatable).")
 @click.option("--higher-is-member", "higher", multiple=True, help="Column whose raw score is higher for members (repeatable).")
-def mia_command(scores, labels, out, columns, lower, higher):
-    """Labelled MIA evaluation: AUC, TPR@1%/0.1% FPR, oracle ASR and log-log ROC per score column."""
+@set_option("mia", example="mia.fpr_targets=0.01,0.001")
+def mia_command(scores, labels, out, columns, lower, higher, sets):
+    """Labelled MIA evaluation: AUC, TPR@1%/0.1% FPR, oracle ASR and log-log ROC per score column.
+
+    OUT/config.json holds the effective [mia] section (:class:`jaxmia.inference.MiaConfig`)."""
+    from jaxmia import config as typed
+    from jaxmia.inference import MiaConfig
     from jaxmia.mia import mia_from_files
 
-    cols = None if columns is None else [c.strip() for c in columns.split(",") if c.strip()]
-    result = mia_from_files(scores, labels, out, columns=cols, lower_is_member=lower, higher_is_member=higher)
+    nested = parse_sets(sets, ("mia",), mia__columns=columns, mia__lower_is_member=tuple(lower) or None,
+                        mia__higher_is_member=tuple(higher) or None)
+    config = typed.from_mapping(MiaConfig, nested.get("mia", {}), source="jaxmia mia", prefix="mia.")
+    result = mia_from_files(scores, labels, out, **typed.to_mapping(config))
+    typed.write_config_json({"mia": config}, Path(out) / "config.json")
     click.echo(f"MIA evaluation: {result['n_members']} members, {result['n_nonmembers']} non-members")
     for name, m in result["columns"].items():
-        t1 = m["tpr_at_fpr"]["0.01"]
-        t01 = m["tpr_at_fpr"]["0.001"]
-        flag = " (few false positives)" if t01["few_false_positives"] else ""
-        click.echo(f"  {name}: AUC {m['auc']:.4f}  TPR@1% {t1['tpr']:.4f}  TPR@0.1% {t01['tpr']:.4f}{flag}  "
-                   f"ASR(oracle) {m['asr_oracle']:.4f}")
+        rates = "  ".join(f"TPR@{float(f) * 100:g}% {t['tpr']:.4f}" + (" (few false positives)" if t["few_false_positives"] else "")
+                          for f, t in m["tpr_at_fpr"].items())
+        click.echo(f"  {name}: AUC {m['auc']:.4f}  {rates}  ASR(oracle) {m['asr_oracle']:.4f}")
     click.echo(f"report: {result['outputs']['report']}")
 
 
@@ -349,7 +402,7 @@ def convert_command(src, dst, fmt, ema, flagfile, assume_cifar10_defaults, optio
     folder, or the official checkpoints of DiT, U-ViT and CompVis LDM (read without torch, nothing runs)."""
     import json
 
-    from jaxmia.models.io import convert_checkpoint
+    from jaxmia.models.conversion import convert_checkpoint
 
     parsed = {}
     for item in options:
@@ -377,14 +430,9 @@ def convert_command(src, dst, fmt, ema, flagfile, assume_cifar10_defaults, optio
 
 
 def _audit_config(config_file, sets, **flags):
-    from jaxmia.audit.config import load_config, parse_set
+    from jaxmia.audit.config import SECTIONS, load_config
 
-    overrides = parse_set(sets)
-    for key, value in flags.items():  # explicit flags win over --set and the file
-        if value is not None:
-            section, name = key.split("__")
-            overrides.setdefault(section, {})[name] = value
-    return load_config(config_file, overrides)
+    return load_config(config_file, parse_sets(sets, SECTIONS, **flags))  # explicit flags win over --set and the file
 
 
 def _print_verdict(label: str, report: dict) -> None:
@@ -408,7 +456,7 @@ def _print_verdict(label: str, report: dict) -> None:
 @click.option("--alpha", type=float, default=None, help="decision level (default 0.01)")
 @click.option("--seed", type=int, default=None)
 @click.option("--batch-size", type=int, default=None)
-@click.option("--set", "sets", multiple=True, help="override SECTION.FIELD=VALUE, e.g. cdi.permutations=200")
+@set_option("audit", "features", "cdi", "drc", example="cdi.permutations=200")
 @click.option("--quiet", is_flag=True, help="no progress output")
 @captions_option
 @model_options
@@ -432,18 +480,17 @@ def audit_command(model, published, unpublished, out_dir, config_file, features,
 @click.option("--config", "config_file", type=click.Path(dir_okay=False), help="TOML config (default: configs/experiments/<target>.toml)")
 @click.option("--target", type=click.Choice(["demo", "rgb"]), default="demo", show_default=True,
               help="bundled target: demo (8x8 digits) or rgb (32x32 photo patches)")
-@click.option("--set", "sets", multiple=True, help="override SECTION.FIELD=VALUE")
+@set_option("audit", "features", "cdi", "drc", example="audit.null_splits=50")
 @click.option("--quiet", is_flag=True)
 def demo_command(out_dir, config_file, target, sets, quiet):
     """Audit a bundled target twice: P = its members (guilty), P = non-members (innocent)."""
     import time
 
+    from jaxmia.audit.config import SECTIONS
     from jaxmia.audit.demo import demo_config, run_demo
 
-    from jaxmia.audit.config import parse_set
-
     start = time.perf_counter()
-    cfg = demo_config(config_file, parse_set(sets), target=target)
+    cfg = demo_config(config_file, parse_sets(sets, SECTIONS), target=target)
     reports = run_demo(out_dir, cfg, quiet=quiet, target=target)
     click.echo("")
     _print_verdict("guilty case   (P = members)    ", reports["guilty"])

@@ -47,7 +47,7 @@ CIFAR_UNET_CONFIG = {
     "time_embedding_type": "positional",
     "mid_block_scale_factor": 1,
 }
-TARGETS = ("demo", "cifar")
+TARGETS = ("demo", "rgb", "cifar")
 PRECISIONS = ("default", "highest")
 
 
@@ -190,21 +190,23 @@ def _n_params(params) -> int:
     return int(sum(np.size(leaf) for leaf in jax.tree_util.tree_leaves(params)))
 
 
-def demo_target(n_images: int) -> Target:
-    """The bundled demo target (UNet2DModel on 8x8x1 digits) and the first ``n_images`` digits."""
-    from jaxmia.data import DEMO_TARGET, load_dataset
+def demo_target(n_images: int, name: str = "demo") -> Target:
+    """A bundled target and the first ``n_images`` of its images: ``demo`` (UNet2DModel on 8x8x1
+    digits) or ``rgb`` (the same UNet on 32x32x3 photo patches, jaxmia/assets/rgb_target)."""
+    from jaxmia.data import load_dataset
     from jaxmia.models import load_denoiser
-    from jaxmia.models.io import read_json
+    from jaxmia.models.layout import BUNDLED_TARGETS
+    from jaxmia.fileio import read_json
 
-    if not (DEMO_TARGET / "recipe.json").is_file():
-        raise FileNotFoundError(f"{DEMO_TARGET}/recipe.json: demo target not trained yet "
-                                "(python scripts/train_demo_target.py)")
-    denoiser = load_denoiser(DEMO_TARGET)
-    config = read_json(DEMO_TARGET / "unet" / "config.json")
-    images = load_dataset("demo:all").images
+    folder = BUNDLED_TARGETS[name]
+    if not (folder / "recipe.json").is_file():
+        raise FileNotFoundError(f"{folder}/recipe.json: bundled target {name!r} not trained yet")
+    denoiser = load_denoiser(folder)
+    config = read_json(folder / "unet" / "config.json")
+    images = load_dataset(f"{name}:all").images
     reps = -(-n_images // len(images))
     images = np.concatenate([images] * reps)[:n_images]
-    return Target("demo", denoiser, config, np.ascontiguousarray(images), _n_params(denoiser.params))
+    return Target(name, denoiser, config, np.ascontiguousarray(images), _n_params(denoiser.params))
 
 
 def cifar_target(n_images: int, seed: int = 0) -> Target:
@@ -223,8 +225,8 @@ def cifar_target(n_images: int, seed: int = 0) -> Target:
 
 
 def load_target(name: str, n_images: int) -> Target:
-    if name == "demo":
-        return demo_target(n_images)
+    if name in ("demo", "rgb"):
+        return demo_target(n_images, name)
     if name == "cifar":
         return cifar_target(n_images)
     raise ValueError(f"unknown target {name!r}; known: {', '.join(TARGETS)}")

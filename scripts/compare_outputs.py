@@ -20,7 +20,9 @@ A side's outputs are kept, so the base runs once. Compared:
 * every ``.json``: the same keys and values, recursively; keys that hold wall times, dates, paths,
   versions or the commit are listed in :data:`VOLATILE_WORDS` and skipped (each skipped key is counted).
 
-Exit status 0 when nothing differs; otherwise every difference is printed, one line each.
+What head adds (a new key, a new table column, a new file) is listed as ``added``; what it changes
+or drops is a difference. Paths are compared after replacing each side's output folder. Exit status
+0 when nothing differs; otherwise every difference is printed, one line each.
 """
 
 from __future__ import annotations
@@ -46,7 +48,7 @@ COMPARED = (".npz", ".json") + WEIGHTS
 VOLATILE_WORDS = frozenset(
     "wall seconds second s timing timings timestamp date elapsed created started finished duration "
     "throughput eta path paths dir folder files outputs html commit git version versions host machine "
-    "platform python pid compile cache hits command cpu".split())
+    "platform python pid compile cache hits command cpu load".split())
 
 
 def volatile(key) -> bool:
@@ -97,31 +99,60 @@ def _same_number(a, b) -> bool:
     return a == b
 
 
-def compare_json(a, b, where: str, diffs: list, skipped: list) -> None:
+def compare_json(a, b, where: str, diffs: list, skipped: list, added: list, roots=("", "")) -> None:
     if isinstance(a, dict) and isinstance(b, dict):
         for key in sorted(set(a) | set(b), key=str):
             if volatile(key):
                 skipped.append(f"{where}.{key}")
                 continue
-            if key not in a or key not in b:
-                diffs.append(f"{where}.{key}: only in {'head' if key not in a else 'base'}")
+            if key not in a:  # a new key: reported, not a change of what was there
+                added.append(f"{where}.{key}")
                 continue
-            compare_json(a[key], b[key], f"{where}.{key}", diffs, skipped)
+            if key not in b:
+                diffs.append(f"{where}.{key}: only in base")
+                continue
+            compare_json(a[key], b[key], f"{where}.{key}", diffs, skipped, added, roots)
     elif isinstance(a, list) and isinstance(b, list):
+        if len(a) < len(b) and b[:len(a)] == a:  # items appended (e.g. a new column's name)
+            added.append(f"{where}: {b[len(a):]}")
+            return
         if len(a) != len(b):
             diffs.append(f"{where}: length {len(a)} vs {len(b)}")
             return
         for i, (x, y) in enumerate(zip(a, b)):
-            compare_json(x, y, f"{where}[{i}]", diffs, skipped)
+            compare_json(x, y, f"{where}[{i}]", diffs, skipped, added, roots)
+    elif isinstance(a, str) and isinstance(b, str) and roots[0] and a.replace(roots[0], "<out>") == b.replace(roots[1], "<out>"):
+        return  # the same path under each side's own output folder
     elif not _same_number(a, b):
         diffs.append(f"{where}: {str(a)[:60]!r} vs {str(b)[:60]!r}")
 
 
-def compare_npz(a: Path, b: Path, where: str, diffs: list) -> None:
+def compare_npz(a: Path, b: Path, where: str, diffs: list, added: list) -> None:
     with np.load(a, allow_pickle=False) as za, np.load(b, allow_pickle=False) as zb:
-        if set(za.files) != set(zb.files):
-            diffs.append(f"{where}: arrays {sorted(set(za.files) ^ set(zb.files))} in one side only")
-        for name in sorted(set(za.files) & set(zb.files)):
+        if {"ids", "names", "values"} <= set(za.files) and {"ids", "names", "values"} <= set(zb.files):
+            # A feature table: the base's columns, by name, must be in head unchanged; new ones are added.
+            na, nb = list(za["names"]), list(zb["names"])
+            added += [f"{where}[{n}]" for n in nb if n not in na]
+            missing = [n for n in na if n not in nb]
+            if missing:
+                diffs.append(f"{where}: column(s) {missing} only in base")
+            if not np.array_equal(za["ids"], zb["ids"]):
+                diffs.append(f"{where}[ids]: the rows differ")
+                return
+            keep = [n for n in na if n in nb]
+            x = za["values"][:, [na.index(n) for n in keep]]
+            y = zb["values"][:, [nb.index(n) for n in keep]]
+            if x.dtype != y.dtype or not np.array_equal(x, y, equal_nan=True):
+                bad = sorted({keep[j] for j in np.argwhere(~((x == y) | (np.isnan(x) & np.isnan(y))))[:, 1]})
+                diffs.append(f"{where}[values]: column(s) {bad} differ")
+            skip = {"ids", "names", "values"}
+        else:
+            skip = set()
+        missing = sorted(set(za.files) - set(zb.files))
+        if missing:
+            diffs.append(f"{where}: arrays {missing} only in base")
+        added += [f"{where}[{n}]" for n in sorted(set(zb.files) - set(za.files))]
+        for name in sorted((set(za.files) & set(zb.files)) - skip):
             x, y = za[name], zb[name]
             if x.dtype != y.dtype or x.shape != y.shape:
                 diffs.append(f"{where}[{name}]: {x.dtype}{x.shape} vs {y.dtype}{y.shape}")
@@ -130,17 +161,18 @@ def compare_npz(a: Path, b: Path, where: str, diffs: list) -> None:
                 diffs.append(f"{where}[{name}]: {len(bad)} of {x.size} values differ (first at {bad[0].tolist()})")
 
 
-def compare_trees(base: Path, head: Path) -> tuple[list, list, int]:
-    """Every .npz and .json under ``base`` against its twin under ``head``."""
-    diffs, skipped, n = [], [], 0
+def compare_trees(base: Path, head: Path) -> tuple[list, list, list, int]:
+    """Every compared file under ``base`` against its twin under ``head``: (changed, skipped, added, n)."""
+    diffs, skipped, added, n = [], [], [], 0
     files = {p.relative_to(base) for p in base.rglob("*") if p.suffix in COMPARED}
     other = {p.relative_to(head) for p in head.rglob("*") if p.suffix in COMPARED}
-    for rel in sorted(files ^ other):
-        diffs.append(f"{rel}: only in {'base' if rel in files else 'head'}")
+    for rel in sorted(files - other):
+        diffs.append(f"{rel}: only in base")
+    added += [str(rel) for rel in sorted(other - files)]
     for rel in sorted(files & other):
         n += 1
         if rel.suffix == ".npz":
-            compare_npz(base / rel, head / rel, str(rel), diffs)
+            compare_npz(base / rel, head / rel, str(rel), diffs, added)
         elif rel.suffix in WEIGHTS:
             if (base / rel).read_bytes() != (head / rel).read_bytes():
                 diffs.append(f"{rel}: the weights' bytes differ")
@@ -150,8 +182,8 @@ def compare_trees(base: Path, head: Path) -> tuple[list, list, int]:
             except json.JSONDecodeError as err:
                 diffs.append(f"{rel}: not JSON ({err})")
                 continue
-            compare_json(a, b, str(rel), diffs, skipped)
-    return diffs, skipped, n
+            compare_json(a, b, str(rel), diffs, skipped, added, (str(base.parent), str(head.parent)))
+    return diffs, skipped, added, n
 
 
 @click.command()
@@ -184,12 +216,15 @@ def main(base, head, parts, work):
         for label, (src, out, _) in sides.items():
             wall = run_part(part, src, out / part, cache)
             click.echo(f"  {part} [{label}]: {wall:.0f} s")
-        diffs, skipped, n = compare_trees(sides["base"][1] / part, sides["head"][1] / part)
+        diffs, skipped, added, n = compare_trees(sides["base"][1] / part, sides["head"][1] / part)
         keys = sorted({re.sub(r"\[\d+\]", "[]", s.rsplit(".", 1)[-1]) for s in skipped})
         click.echo(f"{part}: {n} files compared, {len(skipped)} volatile values skipped ({', '.join(keys)})")
+        for line in added:
+            click.echo(f"  added   {line}")
         for line in diffs:
             click.echo(f"  DIFFERS {line}")
-        click.echo(f"{part}: {'identical' if not diffs else f'{len(diffs)} differences'}")
+        click.echo(f"{part}: {'identical' if not diffs else f'{len(diffs)} differences'}"
+                   + (f" ({len(added)} additions: new keys, columns or files)" if added else ""))
         failed |= bool(diffs)
     sys.exit(1 if failed else 0)
 

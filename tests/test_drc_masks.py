@@ -135,13 +135,13 @@ def test_ratio_and_config_validation():
         M.patch_mask(8, 8, 1.0, jax.random.key(0))
     with pytest.raises(ValueError, match="ratios"):
         DRCConfig(ratios=(0.2, 1.5))
-    with pytest.raises(ValueError, match="unknown field.*'steps_'"):
+    with pytest.raises(ValueError, match="unknown DRC config key.*'steps_' \\(did you mean 'steps'"):
         DRCConfig.from_dict({"steps_": 3})
     with pytest.raises(ValueError, match="kinds"):
         DRCConfig(kinds=("centre",))
     with pytest.raises(ValueError, match="strength"):
         DRCConfig(strength=0.0)
-    with pytest.raises(ValueError, match="DRCConfig.eta"):
+    with pytest.raises(ValueError, match="DRCConfig: eta='0.5' must be a number"):
         DRCConfig(eta="0.5")
     with pytest.raises(ValueError, match="score_metric"):
         DRCConfig(metrics=("mse",))

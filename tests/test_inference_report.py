@@ -99,7 +99,7 @@ def test_run_cdi_bad_inputs(rng):
         run_cdi(tiny_p, tiny_u, CdiConfig(curve=False))
     with pytest.raises(ValueError, match="config test='t'"):
         CdiConfig(test="t")
-    with pytest.raises(ValueError, match="unknown CDI config key\\(s\\): permutation"):
+    with pytest.raises(ValueError, match="unknown CDI config key\\(s\\) 'permutation' \\(did you mean 'permutations'"):
         config_from_dict({"permutation": 10})
     with pytest.raises(ValueError, match="unknown feature or group 'mla'"):
         run_cdi(p, u, CdiConfig(features="mla", curve=False))

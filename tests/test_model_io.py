@@ -15,12 +15,11 @@ from safetensors.numpy import load_file, save_file
 
 from jaxmia import schedule as sched
 from jaxmia.models import (
-    MODEL_BUILDERS, UNet2DConfig, UNet2DModel, build_model, flax_to_torch, init_params, load_denoiser, load_unet,
-    register_model, save_unet, torch_to_flax, weights_digest,
+    UNet2DConfig, UNet2DModel, build_model, flax_to_torch, init_params, load_denoiser, load_unet,
+    register_model, save_unet, torch_to_flax, unregister_model, weights_digest,
 )
 from jaxmia.models.convert import check_params
 from jaxmia.models.unet2d import abstract_params
-from jaxmia.models import io as model_io
 from jaxmia.models import layout as model_layout
 from unet_oracle import TINY, saved, torch_unet
 
@@ -138,7 +137,7 @@ def test_registry_dispatches_on_class_name():
         assert build_model({"_class_name": "TestOnlyModel", "width": 3}, source="x.json") == "spec"
         assert calls == [(3, "x.json")]
     finally:
-        del MODEL_BUILDERS["TestOnlyModel"]
+        unregister_model("TestOnlyModel")
     with pytest.raises(ValueError, match="'TestOnlyModel' is not supported"):
         build_model({"_class_name": "TestOnlyModel"})
 
@@ -347,9 +346,10 @@ def test_load_denoiser_from_pipeline_and_model_folders(pipeline):
 
 
 def test_load_denoiser_demo(tmp_path, pipeline, monkeypatch):
-    monkeypatch.setattr(model_layout, "DEMO_TARGET", pipeline)
+    # "demo" resolves through layout.BUNDLED_TARGETS (the RGB target joined it), so patch that table.
+    monkeypatch.setitem(model_layout.BUNDLED_TARGETS, "demo", pipeline)
     assert load_denoiser("demo").digest == load_denoiser(pipeline).digest
-    monkeypatch.setattr(model_layout, "DEMO_TARGET", tmp_path / "absent")
+    monkeypatch.setitem(model_layout.BUNDLED_TARGETS, "demo", tmp_path / "absent")
     with pytest.raises(FileNotFoundError, match="demo target"):
         load_denoiser("demo")
 

@@ -136,7 +136,7 @@ def test_permutation_and_table():
     np.testing.assert_array_equal(perm, [0, 2, 4, 6, 1, 3, 5, 7])
     table = pd.sinusoid_table(50, ch)
     # Interleaved table, reordered by π, is diffusers' concatenated [sin, cos] with freq_shift 0.
-    from jaxmia.models.unet2d import timestep_sinusoid
+    from jaxmia.models.blocks import timestep_sinusoid
 
     concatenated = np.asarray(timestep_sinusoid(np.arange(50), ch, flip_sin_to_cos=False, freq_shift=0))
     np.testing.assert_allclose(table[:, perm], concatenated, atol=2e-5)

@@ -125,3 +125,29 @@ def test_fixed_score_test_power_and_result(rng):
     # The wrong direction gives no evidence.
     wrong = stat_tests.fixed_score_test(xp, xu, -direction, seed=3).result
     assert wrong.p_value > 0.5 and not wrong.is_correct_order
+
+
+def test_run_cdi_fixed_score_uses_the_tables_directions(rng):
+    """``CdiConfig(test="fixed_score")`` runs the fixed-score test on the table's registered directions."""
+    from jaxmia.cdi import run_cdi
+    from jaxmia.inference import CdiConfig
+    from jaxmia.table import FeatureTable
+
+    n = 30
+    names = ("loss", "gain", "free")
+    meta = {"lower_is_member": ["loss"], "higher_is_member": ["gain"]}
+    xp = rng.normal(size=(n, 3)) + np.array([-0.8, 0.8, 0.0])  # P: lower loss, higher gain
+    xu = rng.normal(size=(n, 3))
+    ids_p, ids_u = np.array([f"p{i:02d}" for i in range(n)]), np.array([f"u{i:02d}" for i in range(n)])
+    p_table = FeatureTable(ids=ids_p, names=names, values=xp, meta=dict(meta))
+    u_table = FeatureTable(ids=ids_u, names=names, values=xu, meta=dict(meta))
+    cfg = CdiConfig(test="fixed_score", permutations=999, curve=False)
+    out = run_cdi(p_table, u_table, cfg)
+    want = stat_tests.fixed_score_test(xp, xu, np.array([-1.0, 1.0, 0.0]), names=names, permutations=999,
+                                       seed=cfg.seed, alpha=cfg.alpha)
+    assert out["verdict"]["method"] == "fixed_score"
+    assert out["verdict"]["p_value"] == pytest.approx(want.result.p_value, rel=1e-12)
+    assert out["verdict"]["p_value"] < 0.01
+    with pytest.raises(ValueError, match="none of the columns"):
+        run_cdi(FeatureTable(ids=ids_p, names=names, values=xp, meta={}),
+                FeatureTable(ids=ids_u, names=names, values=xu, meta={}), cfg)

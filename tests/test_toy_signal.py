@@ -144,11 +144,11 @@ def test_toy_signal_through_features_mia_audit_and_report(target, tmp_path):
 def test_section_errors_name_the_culprit():
     from jaxmia.features import make_config, parse_overrides
 
-    with pytest.raises(ValueError, match="section 'toy' has no field 'tt'; known: t, scale"):
+    with pytest.raises(ValueError, match="unknown toy config key\\(s\\) 'toy.tt' \\(did you mean 'toy.t'\\?\\); known: scale, t"):
         parse_overrides(["toy.tt=3"])
-    with pytest.raises(ValueError, match="config section 'toy': unknown field\\(s\\) 'w'"):
+    with pytest.raises(ValueError, match="config override: unknown toy config key\\(s\\) 'toy.w'; known: scale, t"):
         make_config("cdi", toy={"w": 1})
-    with pytest.raises(ValueError, match="unknown feature config field\\(s\\) 'toyy'"):
+    with pytest.raises(ValueError, match="unknown feature config key\\(s\\) 'toyy' \\(did you mean 'toy'\\?\\)"):
         parse_overrides(["toyy.t=3"])
     cfg = make_config("cdi", toy={"t": 700})
     assert cfg.section("toy") == ToyConfig(t=700) and cfg.max_timestep(["toy"]) == 700

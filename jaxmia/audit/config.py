@@ -9,23 +9,23 @@ A config file has up to four sections, each mapped onto one frozen dataclass:
 
 An unknown section or field is an error that names it (a typo never becomes a silent default).
 Overrides use dotted names: ``--set cdi.permutations=200 --set features.preset=cdi_reference``.
-The fully resolved config is written beside every output as ``config.json``.
+Every section is parsed by :func:`jaxmia.config.from_mapping`; the fully resolved config is written
+beside every output as ``config.json`` (:func:`jaxmia.config.write_config_json`).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import tomllib
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Optional, Sequence
+from typing import Any, Mapping, Optional
 
+from jaxmia import config as typed
+from jaxmia.config import parse_set  # noqa: F401  (the one --set syntax; re-exported for callers)
 from jaxmia.drc import DRCConfig
 from jaxmia.features import FeatureConfig, make_config
-from jaxmia.features.config import SECTION_TYPES
-from jaxmia.inference.report import CdiConfig, config_from_dict as cdi_from_dict
+from jaxmia.inference.report import CdiConfig
 from jaxmia.shift.processing import DEFAULT_SENSITIVITY, parse_processing
 
 SECTIONS = ("audit", "features", "cdi", "drc")
@@ -74,7 +74,7 @@ class AuditSettings:
     per_device_batch: Optional[int] = None
     null_splits: int = 200
     null_test: str = "split"
-    mia_attacks: Optional[tuple] = None
+    mia_attacks: Optional[tuple[str, ...]] = None
     drc_images: int = 4
     resize: str = "refuse"
     on_error: str = "refuse"
@@ -85,10 +85,11 @@ class AuditSettings:
     drc_embedder: Optional[str] = None
     shift_checks: bool = True
     file_mismatch: str = "warn"
-    sensitivity: tuple = DEFAULT_SENSITIVITY
+    sensitivity: tuple[str, ...] = DEFAULT_SENSITIVITY
     sensitivity_images: int = 50
 
     def __post_init__(self):
+        typed.coerce_fields(self, source="audit")  # the one parser (jaxmia.config)
         if self.n is not None and self.n < 5:
             raise ValueError(f"audit.n={self.n}: need at least 5 images per side (5 folds)")
         if self.batch_size < 1 or (self.per_device_batch is not None and self.per_device_batch < 1):
@@ -101,7 +102,6 @@ class AuditSettings:
             raise ValueError(f"audit.file_mismatch={self.file_mismatch!r} is not one of warn, refuse")
         if self.sensitivity_images < 10:
             raise ValueError(f"audit.sensitivity_images={self.sensitivity_images}: need at least 10")
-        object.__setattr__(self, "sensitivity", tuple(str(s) for s in self.sensitivity))
         for spec in self.sensitivity:
             try:
                 parse_processing(spec)
@@ -119,103 +119,25 @@ class AuditConfig:
 
     def to_dict(self) -> dict:
         return {
-            "audit": _plain(dataclasses.asdict(self.audit)),
+            "audit": typed.to_mapping(self.audit),
             "features": {"preset": self.feature_preset, **self.features.to_dict()},
             "cdi": self.cdi.to_dict(),
             "drc": self.drc.to_dict(),
         }
 
 
-def _plain(d):
-    if isinstance(d, dict):
-        return {k: _plain(v) for k, v in d.items()}
-    if isinstance(d, (list, tuple)):
-        return [_plain(v) for v in d]
-    return d
-
-
-def _fields(cls) -> dict:
-    return {f.name: f for f in dataclasses.fields(cls)}
-
-
-def _coerce(cls, name: str, value: Any, where: str):
-    """Parses CLI text (or TOML lists) into the field's declared type."""
-    hint = typing.get_type_hints(cls).get(name)
-    if not isinstance(value, str):
-        return tuple(value) if isinstance(value, list) else value
-    origin = typing.get_origin(hint)
-    args = [a for a in typing.get_args(hint) if a is not type(None)]
-    target = args[0] if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)) and args else hint
-    text = value.strip()
-    try:
-        if text.lower() in ("none", "null") and type(None) in typing.get_args(hint):
-            return None
-        if target is bool:
-            if text.lower() not in ("true", "false", "1", "0", "yes", "no"):
-                raise ValueError
-            return text.lower() in ("true", "1", "yes")
-        if target is int:
-            return int(text)
-        if target is float:
-            return float(text)
-        if target is str or target is object:
-            return text
-        if target is tuple or typing.get_origin(target) is tuple:
-            items = [t.strip() for t in text.split(",") if t.strip()]
-            return tuple(_number_or_text(t) for t in items)
-    except ValueError:
-        raise ValueError(f"{where}: {text!r} is not a valid {getattr(target, '__name__', target)}") from None
-    return text
-
-
-def _number_or_text(text: str):
-    for cast in (int, float):
-        try:
-            return cast(text)
-        except ValueError:
-            pass
-    return text
-
-
-def _check_known(cls, values: Mapping, section: str, source: str, extra: Sequence[str] = ()):
-    known = set(_fields(cls)) | set(extra)
-    unknown = sorted(set(values) - known)
-    if unknown:
-        raise ValueError(f"{source}: unknown field(s) {', '.join(section + '.' + u for u in unknown)}; "
-                         f"known in [{section}]: {', '.join(sorted(known))}")
-
-
-def _section_values(section: str, values: Mapping[str, Any], source: str) -> dict:
-    """A signal's own section under [features] (``[features.drc]``), typed like its dataclass."""
-    return {k: _coerce(SECTION_TYPES[section], k, v, f"{source}: features.{section}.{k}") for k, v in values.items()}
-
-
 def build_config(sections: Mapping[str, Mapping[str, Any]], *, source: str = "config") -> AuditConfig:
-    """An :class:`AuditConfig` from section dictionaries (file contents merged with overrides)."""
-    unknown = sorted(set(sections) - set(SECTIONS))
-    if unknown:
-        raise ValueError(f"{source}: unknown section(s) {', '.join(map(repr, unknown))}; known: {', '.join(SECTIONS)}")
-    audit_vals = dict(sections.get("audit", {}))
-    _check_known(AuditSettings, audit_vals, "audit", source)
-    audit = AuditSettings(**{k: _coerce(AuditSettings, k, v, f"{source}: audit.{k}") for k, v in audit_vals.items()})
-
+    """An :class:`AuditConfig` from section dictionaries (file contents merged with overrides), each
+    section parsed by :func:`jaxmia.config.from_mapping` (``features.preset`` picks the base preset)."""
+    typed.check_keys(sections, SECTIONS, source=source, what="section")
+    audit = typed.from_mapping(AuditSettings, sections.get("audit", {}), source=source, prefix="audit.")
     feat_vals = dict(sections.get("features", {}))
-    for key in [k for k in feat_vals if "." in k]:  # --set features.drc.steps=2: a signal's own section
-        section, name = key.split(".", 1)
-        feat_vals.setdefault(section, {})[name] = feat_vals.pop(key)
-    _check_known(FeatureConfig, feat_vals, "features", source, extra=("preset", *SECTION_TYPES))
-    preset = str(feat_vals.pop("preset", "cdi"))
-    features = make_config(preset, **{k: _section_values(k, v, source) if k in SECTION_TYPES else
-                                      _coerce(FeatureConfig, k, v, f"{source}: features.{k}")
-                                      for k, v in feat_vals.items()})
-
-    cdi_vals = dict(sections.get("cdi", {}))
-    _check_known(CdiConfig, cdi_vals, "cdi", source)
-    cdi = cdi_from_dict({k: _coerce(CdiConfig, k, v, f"{source}: cdi.{k}") for k, v in cdi_vals.items()})
-
-    drc_vals = dict(sections.get("drc", {}))
-    _check_known(DRCConfig, drc_vals, "drc", source)
-    drc = DRCConfig.from_dict({k: _coerce(DRCConfig, k, v, f"{source}: drc.{k}") for k, v in drc_vals.items()})
+    preset = typed.coerce(feat_vals.pop("preset", "cdi"), str, path="features.preset", source=source)
+    # flat fields and each signal's own section ([features.drc], --set features.drc.steps=2), one parser
+    features = typed.apply_overrides(make_config(preset), feat_vals, source=source, what="feature config",
+                                     prefix="features.")
+    cdi = typed.from_mapping(CdiConfig, sections.get("cdi", {}), source=source, prefix="cdi.")
+    drc = typed.from_mapping(DRCConfig, sections.get("drc", {}), source=source, prefix="drc.")
     return AuditConfig(audit=audit, features=features, feature_preset=preset, cdi=cdi, drc=drc)
 
 
@@ -232,18 +154,6 @@ def read_config_file(path) -> dict:
         raise ValueError(f"{path}: not valid {'JSON' if path.suffix == '.json' else 'TOML'} ({err})") from None
 
 
-def parse_set(items: Sequence[str]) -> dict:
-    """``["cdi.permutations=200", ...]`` → ``{"cdi": {"permutations": "200"}}`` (values parsed later)."""
-    out: dict = {}
-    for item in items:
-        if "=" not in item or "." not in item.split("=", 1)[0]:
-            raise ValueError(f"--set {item!r}: expected SECTION.FIELD=VALUE, e.g. cdi.permutations=200")
-        key, value = item.split("=", 1)
-        section, name = key.strip().split(".", 1)
-        out.setdefault(section, {})[name] = value
-    return out
-
-
 def load_config(path=None, overrides: Optional[Mapping[str, Mapping[str, Any]]] = None) -> AuditConfig:
     """Config file (optional) + overrides → a resolved :class:`AuditConfig`."""
     sections: dict = {}
@@ -251,6 +161,7 @@ def load_config(path=None, overrides: Optional[Mapping[str, Mapping[str, Any]]] 
     if path is not None:
         sections = {k: dict(v) for k, v in read_config_file(path).items()}
         source = str(path)
-    for section, values in (overrides or {}).items():
-        sections.setdefault(section, {}).update(values)
+    if overrides:
+        sections = typed.merge(sections, overrides)
+        source = "overrides" if path is None else f"{path} + overrides"
     return build_config(sections, source=source)

@@ -36,6 +36,7 @@ import numpy as np
 
 from jaxmia import __version__, compile_cache
 from jaxmia.audit.config import AuditConfig
+from jaxmia.config import write_config_json
 from jaxmia.data.duplicates import check_published_unpublished, describe_record
 from jaxmia.schedule import schedule_digest
 from jaxmia.table import FeatureTable, load_table
@@ -170,7 +171,7 @@ def run_audit(model, published, unpublished, out_dir, config: AuditConfig | None
         if before != json.loads(json.dumps(resolved)):
             diff = _first_difference(before, json.loads(json.dumps(resolved)))
             raise ValueError(f"{out} holds an audit with another config ({diff}); use a new --out folder")
-    cfg_path.write_text(json.dumps(resolved, indent=2) + "\n")
+    write_config_json(resolved, cfg_path)  # the one JSON form (jaxmia.config)
     compile_cache.ensure_default()  # compile once (jaxmia.compile_cache); compile time reported apart
     compiled_before = compile_cache.snapshot()
     timings: dict = {}

@@ -7,10 +7,11 @@ every image (docs/methods/mia.md §4.2, "Tasks"). The default set is R = 10 task
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Any, Mapping, Optional
+
+from jaxmia import config as typed
 
 MASK_KINDS = ("center", "rect", "patches", "user")
 # Metrics a kernel computes inside the compiled call; "cos" needs a user embed_fn (host side).
@@ -86,8 +87,8 @@ class DRCConfig:
       agree_quantile: the calibration non-member quantile θ_τ of the agree number.
     """
 
-    kinds: tuple = ("center", "patches")
-    ratios: tuple = (0.1, 0.2, 0.3, 0.4, 0.5)
+    kinds: tuple[str, ...] = ("center", "patches")
+    ratios: tuple[float, ...] = (0.1, 0.2, 0.3, 0.4, 0.5)
     n_masks: int = 1
     patch_size: Optional[int] = None
     per_image_masks: bool = False
@@ -100,19 +101,15 @@ class DRCConfig:
     restore: str = "repaint"
     shared_noise: bool = False
     model_timestep: int = 50
-    metrics: tuple = ("mse", "psnr", "ssim")
+    metrics: tuple[str, ...] = ("mse", "psnr", "ssim")
     score_metric: str = "psnr"
     ssim_window: int = 11
     ssim_sigma: float = 1.5
     agree_quantile: float = 0.9
 
     def __post_init__(self):
-        kinds = _as_tuple(self.kinds, "kinds", str)
-        ratios = tuple(float(r) for r in _as_tuple(self.ratios, "ratios", (int, float)))
-        metrics = _as_tuple(self.metrics, "metrics", str)
-        object.__setattr__(self, "kinds", kinds)
-        object.__setattr__(self, "ratios", ratios)
-        object.__setattr__(self, "metrics", metrics)
+        typed.coerce_fields(self)  # the one parser: types, lists -> tuples, ints widened to floats
+        kinds, ratios, metrics = self.kinds, self.ratios, self.metrics
         _check(len(kinds) > 0, "kinds", kinds, "at least one mask kind")
         for k in kinds:
             _check(k in MASK_KINDS, "kinds", k, f"one of {', '.join(MASK_KINDS)}")
@@ -122,18 +119,17 @@ class DRCConfig:
         for r in ratios:
             _check(0.0 < r < 1.0 and math.isfinite(r), "ratios", r, "a hole ratio in (0, 1)")
         _check(len(set(ratios)) == len(ratios), "ratios", ratios, "no repeated ratio")
-        _check(_is_int(self.n_masks) and self.n_masks >= 1, "n_masks", self.n_masks, "an int >= 1")
-        _check(self.patch_size is None or (_is_int(self.patch_size) and self.patch_size >= 1),
+        _check(self.n_masks >= 1, "n_masks", self.n_masks, "an int >= 1")
+        _check(self.patch_size is None or self.patch_size >= 1,
                "patch_size", self.patch_size, "None or an int >= 1")
-        _check(isinstance(self.per_image_masks, bool), "per_image_masks", self.per_image_masks, "a bool")
         for name in ("strength", "eta", "ssim_sigma", "agree_quantile"):
-            object.__setattr__(self, name, _as_float(getattr(self, name), name))
+            _check(math.isfinite(getattr(self, name)), name, getattr(self, name), "a finite number")
         _check(0.0 < self.strength <= 1.0, "strength", self.strength, "a strength in (0, 1]")
-        _check(_is_int(self.steps) and self.steps >= 1, "steps", self.steps, "an int >= 1")
+        _check(self.steps >= 1, "steps", self.steps, "an int >= 1")
         _check(0.0 <= self.eta <= 1.0, "eta", self.eta, "η in [0, 1]")
         _check(self.init in INITS, "init", self.init, f"one of {', '.join(INITS)}")
-        _check(_is_int(self.jump_length) and self.jump_length >= 1, "jump_length", self.jump_length, "an int >= 1")
-        _check(_is_int(self.n_resample) and self.n_resample >= 1, "n_resample", self.n_resample, "an int >= 1")
+        _check(self.jump_length >= 1, "jump_length", self.jump_length, "an int >= 1")
+        _check(self.n_resample >= 1, "n_resample", self.n_resample, "an int >= 1")
         _check(self.restore in RESTORES, "restore", self.restore, f"one of {', '.join(RESTORES)}")
         if self.restore in INVERTS:
             r = f"restore={self.restore!r}"
@@ -144,16 +140,14 @@ class DRCConfig:
         if self.restore in ("invert_masked", "invert_renoise"):
             _check(self.init in ("known", "mean"), "init", self.init,
                    f"'known' or 'mean' with restore={self.restore!r} (the degraded image's hole fill)")
-        _check(isinstance(self.shared_noise, bool), "shared_noise", self.shared_noise, "a bool")
-        _check(_is_int(self.model_timestep) and self.model_timestep >= 0, "model_timestep", self.model_timestep,
-               "an int >= 0")
+        _check(self.model_timestep >= 0, "model_timestep", self.model_timestep, "an int >= 0")
         _check(len(metrics) > 0, "metrics", metrics, "at least one metric")
         for m in metrics:
             _check(m in METRICS, "metrics", m, f"one of {', '.join(METRICS)}")
         _check(len(set(metrics)) == len(metrics), "metrics", metrics, "no repeated metric")
         _check(self.score_metric in metrics, "score_metric", self.score_metric,
                f"one of the exported metrics ({', '.join(metrics)})")
-        _check(_is_int(self.ssim_window) and self.ssim_window >= 3 and self.ssim_window % 2 == 1,
+        _check(self.ssim_window >= 3 and self.ssim_window % 2 == 1,
                "ssim_window", self.ssim_window, "an odd int >= 3")
         _check(self.ssim_sigma > 0, "ssim_sigma", self.ssim_sigma, "a positive float")
         _check(0.0 < self.agree_quantile < 1.0, "agree_quantile", self.agree_quantile, "a quantile in (0, 1)")
@@ -161,13 +155,10 @@ class DRCConfig:
         _check(len(set(names)) == len(names), "ratios", ratios, "ratios whose task names differ")
 
     @classmethod
-    def from_dict(cls, values: Mapping[str, Any]) -> "DRCConfig":
-        """Builds a config from a mapping; an unknown key is an error naming it (a locked config)."""
-        known = [f.name for f in dataclasses.fields(cls)]
-        unknown = sorted(set(values) - set(known))
-        if unknown:
-            raise ValueError(f"DRCConfig: unknown field(s) {', '.join(map(repr, unknown))}; known: {', '.join(known)}")
-        return cls(**dict(values))
+    def from_dict(cls, values: Mapping[str, Any], *, source: str = "DRCConfig") -> "DRCConfig":
+        """Builds a config from a mapping (:func:`jaxmia.config.from_mapping`); an unknown key is an
+        error naming it and its close matches (a locked config)."""
+        return typed.from_mapping(cls, values, source=source, what="DRC config")
 
     def replace(self, **overrides) -> "DRCConfig":
         """A copy with ``overrides`` applied (unknown names refused, as in :meth:`from_dict`)."""
@@ -175,7 +166,7 @@ class DRCConfig:
 
     def to_dict(self) -> dict:
         """JSON-ready resolved config (tuples as lists)."""
-        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(self).items()}
+        return typed.to_mapping(self)
 
     @property
     def jax_metrics(self) -> tuple:
@@ -213,29 +204,6 @@ def _ratio_label(ratio: float) -> str:
     if pct == int(pct):
         return f"{int(pct):02d}"
     return f"{pct:g}".replace(".", "p")
-
-
-def _as_tuple(value, name, types) -> tuple:
-    if isinstance(value, str):
-        value = tuple(v.strip() for v in value.split(",") if v.strip())
-    try:
-        out = tuple(value)
-    except TypeError:
-        raise ValueError(f"DRCConfig.{name}: expected a sequence, got {value!r}") from None
-    for v in out:
-        if not isinstance(v, types) or isinstance(v, bool):
-            raise ValueError(f"DRCConfig.{name}: bad entry {v!r}")
-    return out
-
-
-def _as_float(value, name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ValueError(f"DRCConfig.{name}: got {value!r}, expected a finite number")
-    return float(value)
-
-
-def _is_int(v) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
 
 
 def _check(ok: bool, name: str, value, expected: str) -> None:

@@ -16,7 +16,8 @@ them unless ``--features`` says otherwise); ``cdi_drc`` adds the DRC signal to t
 
 A signal may own a config section besides the flat fields (its registration's ``section``, e.g. ``drc``
 holds a :class:`jaxmia.drc.DRCConfig`): ``cfg.section("drc")``, set with ``make_config(drc={...})`` or
-``--set drc.steps=10``, written as a nested ``"drc"`` entry of :meth:`FeatureConfig.to_dict`.
+``--set features.drc.steps=10`` (``[features.drc]`` in a TOML file), parsed by :mod:`jaxmia.config`
+(:func:`jaxmia.config.sections_field`), written as a nested ``"drc"`` entry of :meth:`FeatureConfig.to_dict`.
 
 An unknown field, in a preset, an override or a resumed run, is an error that names it.
 """
@@ -29,8 +30,7 @@ import json
 import typing
 from typing import Any, Mapping, Sequence
 
-import numpy as np
-
+from jaxmia import config as typed
 from jaxmia.features.norms import check_norm
 
 DEFAULT_TIMESTEPS = tuple(range(0, 1000, 100))  # 0, 100, ..., 900 (ML and GM, docs/methods/cdi.md §4.4-4.5)
@@ -94,29 +94,14 @@ class FeatureConfig:
     no_memory_size: int = 10
     no_max_linesearch_steps: int = 20
 
-    sections: tuple = ()
+    sections: tuple = typed.sections_field(SECTION_TYPES)
 
     def __post_init__(self):
-        object.__setattr__(self, "sections", _check_sections(self.sections))
-        hints = typing.get_type_hints(FeatureConfig)
-        for f in _flat_fields():
-            value, hint = getattr(self, f.name), hints[f.name]
-            if hint is float and isinstance(value, int) and not isinstance(value, bool):
-                object.__setattr__(self, f.name, float(value))
-            elif hint in (int, bool, str) and not (type(value) is hint or (hint is int and isinstance(value, np.integer))):
-                raise ValueError(f"{f.name}: expected {hint.__name__}, got {value!r}")
-            elif hint is float and not isinstance(value, (float, np.floating)):
-                raise ValueError(f"{f.name}: expected float, got {value!r}")
-            elif hint is int:
-                object.__setattr__(self, f.name, int(value))
+        typed.coerce_fields(self)  # the one parser: types, lists -> tuples, ints widened, sections built
         for name in ("ml_timesteps", "gm_timesteps"):
-            raw = getattr(self, name)
-            if isinstance(raw, (str, bytes)) or not hasattr(raw, "__iter__"):
-                raise ValueError(f"{name}: expected a sequence of ints, got {raw!r}")
-            value = tuple(int(t) for t in raw)
+            value = getattr(self, name)
             if not value or min(value) < 0:
                 raise ValueError(f"{name}: need at least one timestep, all >= 0 (got {value})")
-            object.__setattr__(self, name, value)
         for name in ("dl_norm", "secmi_norm", "ml_norm"):
             check_norm(getattr(self, name), field=name)
         for name in ("dl_n_draws", "ml_n_draws", "secmi_stride", "no_memory_size", "no_max_linesearch_steps"):
@@ -140,10 +125,7 @@ class FeatureConfig:
 
     def to_dict(self) -> dict:
         """The flat fields, then each set section as a nested ``{name: {field: value}}`` entry."""
-        out = {f.name: (list(v) if isinstance(v := getattr(self, f.name), tuple) else v) for f in _flat_fields()}
-        for name, section in self.sections:
-            out[name] = _plain(dataclasses.asdict(section))
-        return out
+        return typed.to_mapping(self)
 
     def digest(self) -> str:
         return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:16]
@@ -158,12 +140,9 @@ class FeatureConfig:
         return SECTION_TYPES[name]()
 
     def with_sections(self, **sections) -> "FeatureConfig":
-        """A copy with these sections (section objects or ``{field: value}`` overrides of the current one)."""
-        merged = dict(self.sections)
-        for name, value in sections.items():
-            merged[name] = value if not isinstance(value, Mapping) else _build_section(
-                name, {**(_plain(dataclasses.asdict(self.section(name)))), **value})
-        return dataclasses.replace(self, sections=tuple(merged.items()))
+        """A copy with these sections (section objects, or ``{field: value}`` overrides of the current one)."""
+        typed.check_keys(sections, tuple(SECTION_TYPES), source="FeatureConfig.with_sections", what="config section")
+        return typed.apply_overrides(self, sections, source="FeatureConfig.with_sections", what="feature config")
 
     def max_timestep(self, names: Sequence[str] | None = None) -> int:
         """The largest timestep the signals ``names`` (default: every registered one) query.
@@ -180,38 +159,6 @@ def _flat_fields():
 
 
 FIELD_NAMES = tuple(f.name for f in _flat_fields())
-
-
-def _plain(value):
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    return value
-
-
-def _build_section(name: str, values: Mapping[str, Any]):
-    """Section ``name`` from a mapping: unknown fields are an error naming them; lists become tuples."""
-    if name not in SECTION_TYPES:
-        raise ValueError(f"unknown config section {name!r}; signals with one: {', '.join(sorted(SECTION_TYPES)) or 'none'}")
-    cls = SECTION_TYPES[name]
-    known = [f.name for f in dataclasses.fields(cls)]
-    unknown = [k for k in values if k not in known]
-    if unknown:
-        raise ValueError(f"config section {name!r}: unknown field(s) {', '.join(map(repr, unknown))}; known: {', '.join(known)}")
-    return cls(**{k: (tuple(v) if isinstance(v, list) else v) for k, v in values.items()})
-
-
-def _check_sections(sections) -> tuple:
-    items = sections.items() if isinstance(sections, Mapping) else sections
-    out = {}
-    for name, value in items:
-        value = _build_section(name, value) if isinstance(value, Mapping) else value
-        if name not in SECTION_TYPES or not isinstance(value, SECTION_TYPES[name]):
-            raise ValueError(f"config section {name!r}: not a registered section of that type (got {value!r}); "
-                             f"signals with one: {', '.join(sorted(SECTION_TYPES)) or 'none'}")
-        out[name] = value
-    return tuple(sorted(out.items()))
 
 
 PRESETS: dict[str, dict[str, Any]] = {
@@ -247,18 +194,6 @@ def preset_signals(preset: str | None) -> tuple[str, ...]:
     return PRESET_SIGNALS[name]
 
 
-def _check_fields(names, *, source: str) -> None:
-    unknown = [n for n in names if n not in FIELD_NAMES and n not in SECTION_TYPES]
-    if unknown:
-        known = ", ".join(FIELD_NAMES + tuple(f"{s}.*" for s in sorted(SECTION_TYPES)))
-        raise ValueError(f"{source}: unknown feature config field(s) {', '.join(map(repr, unknown))}; known: {known}")
-
-
-def _split_sections(values: Mapping[str, Any]) -> tuple[dict, dict]:
-    flat = {k: v for k, v in values.items() if k not in SECTION_TYPES}
-    return flat, {k: v for k, v in values.items() if k in SECTION_TYPES}
-
-
 def make_config(preset: str | FeatureConfig | None = "cdi", **overrides: Any) -> FeatureConfig:
     """A :class:`FeatureConfig` from a preset name (or a config) plus typed field overrides."""
     if isinstance(preset, FeatureConfig):
@@ -268,41 +203,15 @@ def make_config(preset: str | FeatureConfig | None = "cdi", **overrides: Any) ->
         if name not in PRESETS:
             raise ValueError(f"unknown feature preset {name!r}; known: {', '.join(PRESETS)}")
         base = FeatureConfig(**PRESETS[name])
-    _check_fields(overrides, source="config override")
-    flat, sections = _split_sections(overrides)
-    cfg = dataclasses.replace(base, **flat) if flat else base
-    return cfg.with_sections(**sections) if sections else cfg
+    if not overrides:
+        return base
+    return typed.apply_overrides(base, overrides, source="config override", what="feature config")
 
 
 def config_from_dict(values: Mapping[str, Any], *, source: str = "feature config") -> FeatureConfig:
-    _check_fields(values, source=source)
-    flat, sections = _split_sections(values)
-    return FeatureConfig(**{k: (tuple(v) if isinstance(v, list) else v) for k, v in flat.items()}, sections=sections)
-
-
-def _parse_value(name: str, text: str, hint=None):
-    hint = typing.get_type_hints(FeatureConfig)[name] if hint is None else hint
-    if typing.get_origin(hint) is typing.Union or type(None) in typing.get_args(hint):
-        if text.strip().lower() in ("none", "null"):
-            return None
-        hint = next(a for a in typing.get_args(hint) if a is not type(None))
-    if hint is tuple:  # an untyped tuple (section fields): numbers stay numbers, the rest text
-        return tuple(_number_or_text(t.strip()) for t in text.split(",") if t.strip())
-    try:
-        if hint is bool:
-            low = text.strip().lower()
-            if low not in ("true", "false", "1", "0", "yes", "no"):
-                raise ValueError
-            return low in ("true", "1", "yes")
-        if hint is int:
-            return int(text)
-        if hint is float:
-            return float(text)
-        if hint is str:
-            return text.strip()
-        return tuple(int(t) for t in text.split(",") if t.strip())  # tuple[int, ...]
-    except ValueError:
-        raise ValueError(f"config override {name}={text!r}: not a valid {getattr(hint, '__name__', hint)}") from None
+    """A :class:`FeatureConfig` from a mapping (a table's meta, a ``config.json``; a signal's section as a
+    nested ``name`` table): :func:`jaxmia.config.from_mapping`."""
+    return typed.from_mapping(FeatureConfig, values, source=source, what="feature config")
 
 
 def _number_or_text(text: str):
@@ -315,27 +224,32 @@ def _number_or_text(text: str):
 
 
 def parse_overrides(items: Sequence[str]) -> dict[str, Any]:
-    """``["no_mode=reference", "ml_timesteps=0,500", "drc.steps=10"]`` -> typed overrides (CLI ``--set``).
+    """``["no_mode=reference", "ml_timesteps=0,500", "drc.steps=10"]`` -> typed overrides: the section-less
+    form of ``features --set features.FIELD=VALUE`` (deprecated), parsed by :func:`jaxmia.config.parse_set`.
 
-    ``SECTION.FIELD=VALUE`` sets a field of a signal's own section (typed by the section's hints).
+    ``SIGNAL.FIELD=VALUE`` sets a field of a signal's own section (typed by the section's hints).
     """
+    values = typed.parse_set([f"features.{item}" for item in items]).get("features", {})
+    return typed_overrides(values, source="config override")
+
+
+def typed_overrides(values: Mapping[str, Any], *, source: str, prefix: str = "") -> dict[str, Any]:
+    """``values`` (flat fields, and signal sections as nested tables) checked and converted by the hints of
+    :class:`FeatureConfig` and of each section (:func:`jaxmia.config.coerce`); unknown keys are refused."""
+    typed.check_keys(values, (*FIELD_NAMES, *SECTION_TYPES), source=source, what="feature config", prefix=prefix)
+    hints = typing.get_type_hints(FeatureConfig)
     out: dict[str, Any] = {}
-    for item in items:
-        if "=" not in item:
-            raise ValueError(f"config override {item!r}: expected FIELD=VALUE or SECTION.FIELD=VALUE")
-        name, text = item.split("=", 1)
-        name = name.strip()
-        if "." in name:
-            section, field = name.split(".", 1)
-            _check_fields([section], source="config override")
-            hints = typing.get_type_hints(SECTION_TYPES[section]) if section in SECTION_TYPES else {}
-            if field not in hints:
-                raise ValueError(f"config override {name}: section {section!r} has no field {field!r}; "
-                                 f"known: {', '.join(hints)}")
-            out.setdefault(section, {})[field] = _parse_value(name, text, hints[field])
+    for key, value in values.items():
+        if key not in SECTION_TYPES:
+            out[key] = typed.coerce(value, hints[key], path=prefix + key, source=source)
             continue
-        _check_fields([name], source="config override")
-        out[name] = _parse_value(name, text)
+        where = f"{prefix}{key}"
+        if not isinstance(value, Mapping):
+            raise ValueError(f"{source}: {where} must be a table ({SECTION_TYPES[key].__name__}), got {value!r}")
+        section_hints = typing.get_type_hints(SECTION_TYPES[key])
+        known = [f.name for f in dataclasses.fields(SECTION_TYPES[key]) if f.init]
+        typed.check_keys(value, known, source=source, what=f"{key} config", prefix=f"{where}.")
+        out[key] = {k: typed.coerce(v, section_hints[k], path=f"{where}.{k}", source=source) for k, v in value.items()}
     return out
 
 

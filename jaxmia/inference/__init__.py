@@ -28,6 +28,7 @@ from jaxmia.inference.plots import plot_pvalue_curve
 from jaxmia.inference.plots import plot_roc_curves
 from jaxmia.inference.plots import plot_score_histograms
 from jaxmia.inference.report import CdiConfig
+from jaxmia.inference.report import MiaConfig
 from jaxmia.inference.report import config_from_dict
 from jaxmia.inference.scoring import Standardiser
 from jaxmia.inference.scoring import crossfit_scores

@@ -13,6 +13,7 @@ import importlib
 from dataclasses import dataclass
 from typing import Mapping
 
+from jaxmia import config as typed
 from jaxmia.inference import curves, stat_tests
 from jaxmia.provenance import jsonable as _jsonable
 
@@ -46,7 +47,7 @@ class CdiConfig:
       curve, curve_test, curve_reps, curve_grid: the sample-count curve (curves.py).
     """
 
-    features: object = None
+    features: str | tuple[str, ...] | None = None
     test: str = stat_tests.DEFAULT_TEST
     alpha: float = 0.01
     permutations: int = 1000
@@ -55,8 +56,8 @@ class CdiConfig:
     alternative: str | None = None
     seed: int = 0
     protocol: str = "crossfit"
-    train_ids_published: tuple | None = None
-    train_ids_unpublished: tuple | None = None
+    train_ids_published: tuple[str, ...] | None = None
+    train_ids_unpublished: tuple[str, ...] | None = None
     split_fraction: float = 0.5
     n_splits: int = 5
     C: float = 1.0
@@ -66,9 +67,11 @@ class CdiConfig:
     curve: bool = True
     curve_test: str = "split"
     curve_reps: int = 1000
-    curve_grid: tuple | None = None
+    curve_grid: tuple[int, ...] | None = None
 
     def __post_init__(self):
+        typed.coerce_fields(self)  # the one parser (jaxmia.config): types, lists -> tuples
+
         def one_of(name, value, allowed):
             if value not in allowed:
                 raise ValueError(f"config {name}={value!r}; expected one of {', '.join(map(str, allowed))}")
@@ -90,7 +93,7 @@ class CdiConfig:
             raise ValueError("config protocol='fixed_split' needs train_ids_published and train_ids_unpublished")
         if self.protocol == "crossfit" and (self.train_ids_published or self.train_ids_unpublished):
             raise ValueError("config train_ids_* are only used with protocol='fixed_split'")
-        if self.test in ("permutation", "hybrid") and self.alternative not in (None, "greater", "one-sided"):
+        if self.test in ("permutation", "hybrid", "fixed_score") and self.alternative not in (None, "greater", "one-sided"):
             raise ValueError(
                 f"config alternative={self.alternative!r}: the {self.test} test is one-sided (member direction)"
             )
@@ -101,13 +104,31 @@ class CdiConfig:
         return _jsonable(dataclasses.asdict(self))
 
 
-def config_from_dict(values: Mapping) -> CdiConfig:
-    """A :class:`CdiConfig` from a mapping; an unknown key is an error (locked config, docs/methods/design.md §6)."""
-    known = {f.name for f in dataclasses.fields(CdiConfig)}
-    unknown = sorted(set(values) - known)
-    if unknown:
-        raise ValueError(f"unknown CDI config key(s): {', '.join(unknown)}; known: {', '.join(sorted(known))}")
-    return CdiConfig(**dict(values))
+def config_from_dict(values: Mapping, *, source: str = "CDI config") -> CdiConfig:
+    """A :class:`CdiConfig` from a mapping (:func:`jaxmia.config.from_mapping`); an unknown key is an
+    error naming it and its close matches (locked config, docs/methods/design.md §6)."""
+    return typed.from_mapping(CdiConfig, values, source=source, what="CDI config")
+
+
+@dataclass(frozen=True)
+class MiaConfig:
+    """Options of :func:`evaluate_mia` (``jaxmia mia --set mia.FIELD=VALUE``; written beside its report).
+
+    Attributes:
+      columns: the score columns to evaluate; None = every column.
+      lower_is_member, higher_is_member: orientation of columns whose table meta does not give one.
+      fpr_targets: the false-positive rates of the TPR@FPR read-outs.
+    """
+
+    columns: tuple[str, ...] | None = None
+    lower_is_member: tuple[str, ...] = ()
+    higher_is_member: tuple[str, ...] = ()
+    fpr_targets: tuple[float, ...] = (0.01, 0.001)
+
+    def __post_init__(self):
+        typed.coerce_fields(self)
+        if not self.fpr_targets or not all(0.0 < f < 1.0 for f in self.fpr_targets):
+            raise ValueError(f"config fpr_targets={list(self.fpr_targets)}; expected rates in (0, 1)")
 
 
 

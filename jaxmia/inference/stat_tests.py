@@ -69,7 +69,7 @@ from scipy.special import expit
 
 from jaxmia.inference import scoring
 
-TESTS = ("hybrid", "permutation", "split", "cdi_reference")
+TESTS = ("hybrid", "fixed_score", "permutation", "split", "cdi_reference")
 DEFAULT_TEST = "hybrid"
 HYBRID_WEIGHT = 0.9  # share of alpha given to the permutation component of the hybrid
 PINELIS_C = 2.0 * np.e**3 / 9.0  # Pinelis 1994: P(sum eps_i a_i >= x) <= C * Phi_bar(x) when sum a_i^2 = 1

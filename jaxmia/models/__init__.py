@@ -5,18 +5,22 @@ from jaxmia.models.convert import torch_to_flax  # noqa: F401
 from jaxmia.models.denoiser import COND_KINDS  # noqa: F401
 from jaxmia.models.denoiser import Denoiser  # noqa: F401
 from jaxmia.models.denoiser import analytic_denoiser  # noqa: F401
-from jaxmia.models.io import DEMO_TARGET  # noqa: F401
-from jaxmia.models.io import MODEL_BUILDERS  # noqa: F401
-from jaxmia.models.io import ModelSpec  # noqa: F401
-from jaxmia.models.io import build_model  # noqa: F401
-from jaxmia.models.io import load_denoiser  # noqa: F401
-from jaxmia.models.io import load_unet  # noqa: F401
-from jaxmia.models.io import register_model  # noqa: F401
-from jaxmia.models.io import save_unet  # noqa: F401
-from jaxmia.models.io import weights_digest  # noqa: F401
-from jaxmia.models.unet2d import UNet2DConfig  # noqa: F401
-from jaxmia.models.unet2d import UNet2DModel  # noqa: F401
-from jaxmia.models.unet2d import init_params  # noqa: F401
+from jaxmia.models.registry import MODEL_REGISTRY  # noqa: F401
+from jaxmia.models.registry import ModelSpec  # noqa: F401
+from jaxmia.models.registry import build_model  # noqa: F401
+from jaxmia.models.registry import register_model  # noqa: F401
+from jaxmia.models.registry import unregister_model  # noqa: F401
+
+# The built-in network classes register themselves here, once (jaxmia.models.builtin).
+from jaxmia.models import builtin  # noqa: F401,E402
+from jaxmia.models.formats import weights_digest  # noqa: F401,E402
+from jaxmia.models.layout import DEMO_TARGET  # noqa: F401,E402
+from jaxmia.models.loading import load_denoiser  # noqa: F401,E402
+from jaxmia.models.loading import load_unet  # noqa: F401,E402
+from jaxmia.models.loading import save_unet  # noqa: F401,E402
+from jaxmia.models.unet2d import UNet2DConfig  # noqa: F401,E402
+from jaxmia.models.unet2d import UNet2DModel  # noqa: F401,E402
+from jaxmia.models.unet2d import init_params  # noqa: F401,E402
 
 # Conditional denoisers, the CLIP text encoder and per-image conditioning (issue 6, part B).
 from jaxmia.models.clip_text import CLIPTextConfig  # noqa: F401,E402
@@ -37,8 +41,9 @@ from jaxmia.models.unet2d_condition import UNet2DConditionModel  # noqa: F401,E4
 from jaxmia.models.families import Family  # noqa: F401,E402
 from jaxmia.models.families import list_families  # noqa: F401,E402
 from jaxmia.models.families import load_family  # noqa: F401,E402
-from jaxmia.models.io import convert_checkpoint  # noqa: F401,E402
-from jaxmia.models.io import convert_diffusers_folder  # noqa: F401,E402
+from jaxmia.models.families import register_family  # noqa: F401,E402
+from jaxmia.models.conversion import convert_checkpoint  # noqa: F401,E402
+from jaxmia.models.conversion import convert_diffusers_folder  # noqa: F401,E402
 from jaxmia.models.pytorch_ddpm import convert_pytorch_ddpm  # noqa: F401,E402
 from jaxmia.models.vae import AutoencoderKL  # noqa: F401,E402
 from jaxmia.models.vae import AutoencoderKLConfig  # noqa: F401,E402

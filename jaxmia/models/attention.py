@@ -28,6 +28,9 @@ import numpy as np
 # diffusers' FeedForward activation names (models/attention.py). GELU is torch's exact erf form;
 # "-approximate" is the tanh form. "geglu" gates half of a doubled projection.
 FEED_FORWARD_ACTIVATIONS = ("gelu", "gelu-approximate", "geglu")
+# PyTorch ModuleList attributes of diffusers' transformer blocks (``transformer_blocks.0``, ``ff.net.0``,
+# ``attn1.to_out.0``), declared by the classes that use them (jaxmia.models.registry).
+TRANSFORMER_MODULE_LISTS = ("transformer_blocks", "net", "to_out")
 
 
 def layer_norm(eps: float, name: str, *, affine: bool = True) -> nn.LayerNorm:

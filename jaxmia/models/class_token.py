@@ -37,16 +37,14 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jaxmia import config as typed
 from jaxmia.models.conditioning import register_condition_probe
-from jaxmia.models.io import ModelSpec, register_model
-from jaxmia.models.unet2d import torch_default_params
+from jaxmia.models.attention import TRANSFORMER_MODULE_LISTS
+from jaxmia.models.blocks import UNET_MODULE_LISTS, torch_default_params
+from jaxmia.models.registry import ModelSpec, register_model
 from jaxmia.models.unet2d_condition import UNet2DConditionConfig, UNet2DConditionModel
 
 CLASS_NAME = "ClassTokenUNet"
-
-
-def _is_int(v) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,29 +60,11 @@ class ClassTokenUNetConfig:
     @classmethod
     def from_diffusers(cls, config: Mapping[str, Any], *, source: str = "config") -> "ClassTokenUNetConfig":
         """Parses ``config.json``; unknown keys, wrong types and inconsistent values are refused by name."""
-        if not isinstance(config, Mapping):
-            raise ValueError(f"{source}: a model config must be a JSON object, got {type(config).__name__}")
-        if config.get("_class_name", CLASS_NAME) != CLASS_NAME:
-            raise ValueError(f"{source}: _class_name is {config.get('_class_name')!r}, not {CLASS_NAME!r}")
-        known = {"num_classes", "null_class", "unet"}
-        unknown = sorted(k for k in config if k not in known and not str(k).startswith("_"))
-        if unknown:
-            raise ValueError(f"{source}: unknown {CLASS_NAME} config key(s) {', '.join(map(repr, unknown))}")
-        for key in ("num_classes", "unet"):
-            if key not in config:
-                raise ValueError(f"{source}: {CLASS_NAME} config needs {key!r}")
-        if not _is_int(config["num_classes"]):
-            raise ValueError(f"{source}: num_classes={config['num_classes']!r} must be an integer")
-        null = config.get("null_class")
-        if null is not None and not _is_int(null):
-            raise ValueError(f"{source}: null_class={null!r} must be an integer or null")
-        if not isinstance(config["unet"], Mapping):
-            raise ValueError(f"{source}: unet must be a UNet2DConditionModel config object")
-        unet = UNet2DConditionConfig.from_diffusers({"_class_name": "UNet2DConditionModel", **config["unet"]},
-                                                    source=f"{source} [unet]")
-        out = cls(num_classes=config["num_classes"], unet=unet, null_class=null)
-        out.validate(source=source)
-        return out
+        values = dict(config) if isinstance(config, Mapping) else config
+        if isinstance(values, dict) and isinstance(values.get("unet"), Mapping):  # the nested network config
+            values["unet"] = UNet2DConditionConfig.from_diffusers(
+                {"_class_name": "UNet2DConditionModel", **values["unet"]}, source=f"{source} [unet]")
+        return typed.from_class_config(cls, values, CLASS_NAME, source=source)
 
     def to_diffusers(self) -> dict:
         unet = self.unet.to_diffusers()
@@ -152,7 +132,7 @@ def _apply(module: ClassTokenUNet, params, x, t, cond):
     return module.apply({"params": params}, x, t, cond)
 
 
-@register_model(CLASS_NAME)
+@register_model(CLASS_NAME, module_lists=UNET_MODULE_LISTS + TRANSFORMER_MODULE_LISTS)
 def build_class_token_unet(config: Mapping[str, Any], *, source: str = "config") -> ModelSpec:
     cfg = ClassTokenUNetConfig.from_diffusers(config, source=source)
     module = ClassTokenUNet(cfg)

@@ -39,9 +39,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxmia import config as typed
 from jaxmia.models import convert
 from jaxmia.models.attention import dot_product_attention, layer_norm
-from jaxmia.models import typed_config
+from jaxmia.models.registry import register_module_lists
+
+register_module_lists("layers")  # encoder.layers.<i> (the vision tower reuses these layers)
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -104,7 +107,7 @@ class CLIPTextConfig:
         model_type = config.get("model_type", "clip_text_model")
         if model_type != "clip_text_model":
             raise ValueError(f"{source}: model_type is {model_type!r}, not 'clip_text_model' (a CLIPTextModel folder)")
-        return typed_config.from_mapping(cls, config, what="CLIPTextModel", source=source, ignore=_GENERIC_KEYS)
+        return typed.from_class_config(cls, config, None, what="CLIPTextModel", source=source, ignore=_GENERIC_KEYS)
 
     def validate(self, *, source: str = "config") -> None:
         if self.hidden_act not in HIDDEN_ACTIVATIONS:
@@ -255,7 +258,7 @@ def _read_json(path: Path) -> dict:
 
 
 def _read_state_dict(folder: Path) -> tuple[dict, str]:
-    from jaxmia.models.io import read_safetensors
+    from jaxmia.models.formats import read_safetensors
 
     single, index = folder / WEIGHTS_NAME, folder / WEIGHTS_INDEX_NAME
     if single.is_file():

@@ -46,10 +46,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxmia.fileio import read_json
+from jaxmia import config as typed
 from jaxmia.models import convert
 from jaxmia.models.attention import layer_norm
 from jaxmia.models.clip_text import _GENERIC_KEYS, HIDDEN_ACTIVATIONS, CLIPEncoderLayer, _read_state_dict
-from jaxmia.models import typed_config
 
 CONFIG_NAME = "config.json"
 PREPROCESSOR_NAME = "preprocessor_config.json"
@@ -105,7 +105,7 @@ class CLIPVisionConfig:
 
     @classmethod
     def _from_fields(cls, config: Mapping[str, Any], *, source: str) -> "CLIPVisionConfig":
-        return typed_config.from_mapping(cls, config, what="CLIPVisionModel", source=source, ignore=_GENERIC_KEYS)
+        return typed.from_class_config(cls, config, None, what="CLIPVisionModel", source=source, ignore=_GENERIC_KEYS)
 
     def validate(self, *, source: str = "config") -> None:
         if self.hidden_act not in HIDDEN_ACTIVATIONS:
@@ -472,7 +472,7 @@ class CLIPImageEmbedder:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.loaded, self.batch_size = loaded, int(batch_size)
         self.output = "image_embeds" if loaded.module.with_projection else "pooler_output"
-        from jaxmia.models.io import weights_digest
+        from jaxmia.models.formats import weights_digest
 
         self.info = {"kind": "clip_vision", "folder": folder, "architecture": loaded.architecture,
                      "output": self.output, "weights_digest": weights_digest(loaded.params),

@@ -37,8 +37,7 @@ from flax import traverse_util
 
 from jaxmia.data import Dataset
 from jaxmia.fileio import load_npz
-
-COND_KINDS = ("none", "class", "text")
+from jaxmia.models.denoiser import COND_KINDS
 
 
 @dataclasses.dataclass(frozen=True)

@@ -24,18 +24,12 @@ from typing import Any, Mapping
 import numpy as np
 from flax import traverse_util
 
+from jaxmia.models import registry
+
 # Old (pre-0.14) attention sub-module names and their modern names.
 OLD_ATTENTION_NAMES = {"query": "to_q", "key": "to_k", "value": "to_v", "proj_attn": "to_out_0"}
 NEW_TO_OLD_ATTENTION = {v: k for k, v in OLD_ATTENTION_NAMES.items()}
 
-# Module lists of diffusers' networks: "name_<i>" in Flax is "name.<i>" in PyTorch. Other names that
-# end in _<digit> (time_embedding.linear_1) are plain attribute names and stay as they are.
-MODULE_LISTS = frozenset({"down_blocks", "up_blocks", "resnets", "attentions", "downsamplers", "upsamplers",
-                          "to_out",
-                          # transformer models (UNet2DConditionModel, DiT, the CLIP text encoder)
-                          "transformer_blocks", "net", "layers",
-                          # the official DiT and U-ViT (timm-style Sequential / ModuleList names)
-                          "blocks", "in_blocks", "out_blocks", "mlp", "adaLN_modulation", "time_embed"})
 
 _WEIGHT_LEAVES = ("kernel", "scale", "embedding")
 _MAX_LISTED = 5
@@ -53,11 +47,17 @@ def flax_module_path(torch_key: str) -> tuple[str, ...]:
 
 
 def torch_key_of(flax_path: tuple[str, ...]) -> str:
-    """Inverse of the path rule plus the leaf rule: ``("to_out_0", "kernel")`` → ``to_out.0.weight``."""
+    """Inverse of the path rule plus the leaf rule: ``("to_out_0", "kernel")`` → ``to_out.0.weight``.
+
+    ``name_<i>`` becomes ``name.<i>`` when ``name`` is a PyTorch ``ModuleList`` attribute declared by a
+    registered class (``register_model(..., module_lists=...)``, :func:`jaxmia.models.registry.module_lists`);
+    other names ending in ``_<digit>`` (``time_embedding.linear_1``) are plain attribute names.
+    """
     segments = []
+    module_lists = registry.module_lists()
     for segment in flax_path[:-1]:
         match = re.fullmatch(r"(.+)_(\d+)", segment)
-        if match and match.group(1) in MODULE_LISTS:
+        if match and match.group(1) in module_lists:
             segments += [match.group(1), match.group(2)]
         else:
             segments.append(segment)

@@ -15,6 +15,7 @@ from flax import struct
 
 from jaxmia import schedule as sched
 
+# The conditioning kinds an attack can supply (one list: families and conditioning specs use it too).
 COND_KINDS = ("none", "class", "text")
 
 

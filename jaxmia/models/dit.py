@@ -41,10 +41,12 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jaxmia import config as typed
 from jaxmia.models.attention import (FEED_FORWARD_ACTIVATIONS, Attention, FeedForward, LabelTable, PatchEmbed, layer_norm,
                                      sinusoid_2d)
-from jaxmia.models.io import ModelSpec, register_model
-from jaxmia.models.unet2d import TimestepEmbedding, timestep_sinusoid
+from jaxmia.models.attention import TRANSFORMER_MODULE_LISTS
+from jaxmia.models.blocks import TimestepEmbedding, timestep_sinusoid
+from jaxmia.models.registry import ModelSpec, register_model
 
 TIME_PROJ_DIM = 256  # CombinedTimestepLabelEmbeddings: Timesteps(256, flip_sin_to_cos=True, shift=1)
 
@@ -82,22 +84,10 @@ class DiTConfig:
         Raises:
           ValueError naming ``source`` and the key: an unknown key, a wrong type, an unsupported value.
         """
-        if not isinstance(config, Mapping):
-            raise ValueError(f"{source}: a model config must be a JSON object, got {type(config).__name__}")
-        class_name = config.get("_class_name", "DiTTransformer2DModel")
-        if class_name != "DiTTransformer2DModel":
-            raise ValueError(f"{source}: _class_name is {class_name!r}, not 'DiTTransformer2DModel'")
-        types = {f.name: f.type for f in dataclasses.fields(cls)}
-        unknown = sorted(k for k in config if k not in types and not str(k).startswith("_"))
-        if unknown:
-            raise ValueError(f"{source}: unknown DiTTransformer2DModel config key(s) {', '.join(map(repr, unknown))}")
-        values = {k: _coerce(k, config[k], source) for k in types if k in config}
-        out = cls(**values)
-        out.validate(source=source)
-        return out
+        return typed.from_class_config(cls, config, "DiTTransformer2DModel", source=source)
 
     def to_diffusers(self) -> dict:
-        return {"_class_name": "DiTTransformer2DModel", **dataclasses.asdict(self)}
+        return typed.to_class_config(self, "DiTTransformer2DModel")
 
     def validate(self, *, source: str = "config") -> None:
         def bad(key, value, why):
@@ -145,25 +135,6 @@ class DiTConfig:
         return (self.sample_size, self.sample_size, self.in_channels)
 
 
-def _coerce(key: str, value: Any, source: str):
-    def bad(expected):
-        raise ValueError(f"{source}: {key}={value!r} must be {expected}")
-
-    is_int = isinstance(value, int) and not isinstance(value, bool)
-    if key in ("num_attention_heads", "attention_head_dim", "in_channels", "num_layers", "norm_num_groups",
-               "sample_size", "patch_size"):
-        return value if is_int else bad("an integer")
-    if key in ("out_channels", "num_embeds_ada_norm"):
-        return value if value is None or is_int else bad("an integer or null")
-    if key in ("dropout", "norm_eps"):
-        return float(value) if is_int or isinstance(value, float) else bad("a number")
-    if key in ("attention_bias", "upcast_attention", "norm_elementwise_affine"):
-        return value if isinstance(value, bool) else bad("true or false")
-    if key in ("activation_fn", "norm_type"):
-        return value if isinstance(value, str) else bad("a string")
-    raise AssertionError(f"no type rule for config key {key!r}")
-
-
 # ==================================================================================================
 # Modules
 # ==================================================================================================
@@ -178,7 +149,7 @@ class CombinedTimestepLabelEmbeddings(nn.Module):
 
     @nn.compact
     def __call__(self, t_proj, labels):
-        t_emb = TimestepEmbedding(self.features, self.precision, name="timestep_embedder")(t_proj)
+        t_emb = TimestepEmbedding(self.features, precision=self.precision, name="timestep_embedder")(t_proj)
         table = LabelTable(self.num_classes + 1, self.features, name="class_embedder")
         return t_emb + table(labels)
 
@@ -283,7 +254,7 @@ def _apply(module: DiTTransformer2DModel, params, x, t, cond):
     return module.apply({"params": params}, x, t, cond)
 
 
-@register_model("DiTTransformer2DModel")
+@register_model("DiTTransformer2DModel", module_lists=TRANSFORMER_MODULE_LISTS)
 def build_dit(config: Mapping[str, Any], *, source: str = "config") -> ModelSpec:
     """The registry builder: class-conditional (cond (B,) int labels, the null class = ``num_embeds_ada_norm``)."""
     cfg = DiTConfig.from_diffusers(config, source=source)

@@ -41,11 +41,11 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxmia.models import typed_config
+from jaxmia import config as typed
 from jaxmia.models.attention import LabelTable, PatchEmbed, dot_product_attention, layer_norm, sinusoid_2d
 from jaxmia.models.conditioning import register_condition_probe
-from jaxmia.models.io import ModelSpec, register_model
-from jaxmia.models.unet2d import timestep_sinusoid
+from jaxmia.models.blocks import timestep_sinusoid
+from jaxmia.models.registry import ModelSpec, register_model
 
 CLASS_NAME = "DiT"
 FREQUENCY_EMBEDDING_SIZE = 256  # TimestepEmbedder's fixed sinusoid width
@@ -71,10 +71,10 @@ class DiTOfficialConfig:
     @classmethod
     def from_diffusers(cls, config: Mapping[str, Any], *, source: str = "config") -> "DiTOfficialConfig":
         """From a ``config.json`` dict (``_class_name`` ``DiT``); bad keys and values refused by name."""
-        return typed_config.from_config(cls, config, CLASS_NAME, source=source)
+        return typed.from_class_config(cls, config, CLASS_NAME, source=source)
 
     def to_diffusers(self) -> dict:
-        return typed_config.to_config(self, CLASS_NAME)
+        return typed.to_class_config(self, CLASS_NAME)
 
     def validate(self, *, source: str = "config") -> None:
         def bad(key, why):
@@ -282,7 +282,7 @@ def _apply(module: DiT, params, x, t, cond):
     return module.apply({"params": params}, x, t, cond)
 
 
-@register_model(CLASS_NAME)
+@register_model(CLASS_NAME, module_lists=("blocks", "adaLN_modulation", "mlp"))
 def build_dit_official(config: Mapping[str, Any], *, source: str = "config") -> ModelSpec:
     """The registry builder: class-conditional, cond (B,) int labels."""
     cfg = DiTOfficialConfig.from_diffusers(config, source=source)

@@ -41,7 +41,9 @@ import tomllib
 from pathlib import Path
 from typing import Any, Mapping, Optional
 
+from jaxmia import config as typed
 from jaxmia import schedule as sched
+from jaxmia.models.denoiser import COND_KINDS
 
 # Shipped inside the package (jaxmia/configs, also reachable as configs/ at the repository root).
 FAMILIES_DIR = Path(__file__).resolve().parents[1] / "configs" / "families"
@@ -50,7 +52,7 @@ LATENT_KINDS = ("none", "kl", "vq")
 # Encode modes per latent kind (jaxmia.models.vae.ENCODE_MODES, by autoencoder class).
 ENCODE_MODES = {"none": ("none",), "kl": ("sample", "mean"), "vq": ("pre_quantization", "quantized")}
 AUTOENCODER_CLASSES = {"kl": "AutoencoderKL", "vq": "VQModel"}
-CONDITIONING_KINDS = ("none", "class", "text")
+CONDITIONING_KINDS = COND_KINDS  # what a Denoiser's cond_kind can be
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,6 +65,19 @@ class FamilySchedule:
     num_train_timesteps: int
     prediction_type: str
     first_index_clean: bool
+
+    def __post_init__(self):
+        if self.beta_schedule not in sched.BETA_SCHEDULES:
+            raise ValueError(f"schedule.beta_schedule={self.beta_schedule!r} is not one of "
+                             f"{', '.join(sched.BETA_SCHEDULES)}")
+        if self.prediction_type not in sched.PREDICTION_TYPES:
+            raise ValueError(f"schedule.prediction_type={self.prediction_type!r} is not one of "
+                             f"{', '.join(sched.PREDICTION_TYPES)}")
+        if self.num_train_timesteps < 1:
+            raise ValueError(f"schedule.num_train_timesteps={self.num_train_timesteps} must be positive")
+        if not 0 < self.beta_start <= self.beta_end < 1:
+            raise ValueError(f"schedule.beta_start={self.beta_start}, beta_end={self.beta_end} must satisfy "
+                             "0 < beta_start <= beta_end < 1")
 
     @property
     def timestep_convention(self) -> str:
@@ -80,7 +95,20 @@ class FamilyLatent:
 
     kind: str
     encode: str
-    scale: Optional[float] = None
+    scale: Optional[float] = None  # required for the latent kinds, refused for "none"
+
+    def __post_init__(self):
+        if self.kind not in LATENT_KINDS:
+            raise ValueError(f"latent.kind={self.kind!r} is not one of {', '.join(LATENT_KINDS)}")
+        if self.encode not in ENCODE_MODES[self.kind]:
+            raise ValueError(f"latent.encode={self.encode!r} is not a {self.kind!r} encode mode "
+                             f"({', '.join(ENCODE_MODES[self.kind])})")
+        if self.kind == "none" and self.scale is not None:
+            raise ValueError("unknown key(s) 'latent.scale' (latent kind 'none' has no scale)")
+        if self.kind != "none" and self.scale is None:
+            raise ValueError("missing key(s) 'latent.scale'")
+        if self.scale is not None and not (self.scale > 0 and math.isfinite(self.scale)):
+            raise ValueError(f"latent.scale={self.scale!r} must be a positive number")
 
     @property
     def autoencoder_class(self) -> Optional[str]:
@@ -93,6 +121,27 @@ class FamilyConditioning:
     num_classes: Optional[int] = None
     null_class: Optional[int] = None
     context_shape: Optional[tuple[int, int]] = None
+
+    def __post_init__(self):
+        if self.kind not in CONDITIONING_KINDS:
+            raise ValueError(f"conditioning.kind={self.kind!r} is not one of {', '.join(CONDITIONING_KINDS)}")
+        needed = {"none": (), "class": ("num_classes",), "text": ("context_shape",)}[self.kind]
+        allowed = {"class": ("num_classes", "null_class"), "text": ("context_shape",)}.get(self.kind, ())
+        given = [k for k in ("num_classes", "null_class", "context_shape") if getattr(self, k) is not None]
+        extra = [k for k in given if k not in allowed]
+        if extra:
+            raise ValueError(f"unknown key(s) {', '.join(repr('conditioning.' + k) for k in extra)} "
+                             f"(conditioning kind {self.kind!r})")
+        missing = [k for k in needed if getattr(self, k) is None]
+        if missing:
+            raise ValueError(f"missing key(s) {', '.join(repr('conditioning.' + k) for k in missing)}")
+        if self.num_classes is not None and self.num_classes < 1:
+            raise ValueError(f"conditioning.num_classes={self.num_classes} must be positive")
+        if self.null_class is not None and self.null_class < 0:
+            raise ValueError(f"conditioning.null_class={self.null_class} must be >= 0")
+        if self.context_shape is not None and min(self.context_shape) < 1:
+            raise ValueError(f"conditioning.context_shape={list(self.context_shape)!r} must be [tokens, width] "
+                             "(positive integers)")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -126,131 +175,46 @@ class Family:
 # Parsing
 # ==================================================================================================
 
-_TOP_REQUIRED = {"name", "description", "reference", "learned_sigma", "schedule", "latent", "conditioning"}
-_TOP_OPTIONAL = {"checkpoints"}
-
-
-def _is_int(v) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-def _check_table(table: Any, where: str, required: set, optional: set, source: str) -> Mapping:
-    if not isinstance(table, Mapping):
-        raise ValueError(f"{source}: {where} must be a table, got {type(table).__name__}")
-    unknown = sorted(set(table) - required - optional)
-    if unknown:
-        raise ValueError(f"{source}: unknown key(s) {', '.join(repr(f'{where}.{k}' if where else k) for k in unknown)}")
-    missing = sorted(required - set(table))
-    if missing:
-        raise ValueError(f"{source}: missing key(s) {', '.join(repr(f'{where}.{k}' if where else k) for k in missing)}")
-    return table
-
-
-def _typed(table: Mapping, key: str, kind: str, where: str, source: str):
-    value = table[key]
-    name = f"{where}.{key}" if where else key
-    ok = {
-        "str": isinstance(value, str),
-        "bool": isinstance(value, bool),
-        "int": _is_int(value),
-        "float": _is_int(value) or isinstance(value, float),
-    }[kind]
-    if not ok:
-        raise ValueError(f"{source}: {name}={value!r} must be {'an' if kind == 'int' else 'a'} {kind}")
-    return float(value) if kind == "float" else value
-
-
-def _parse_schedule(table, source) -> FamilySchedule:
-    keys = {f.name for f in dataclasses.fields(FamilySchedule)}
-    _check_table(table, "schedule", keys, set(), source)
-    kinds = {"beta_schedule": "str", "beta_start": "float", "beta_end": "float", "num_train_timesteps": "int",
-             "prediction_type": "str", "first_index_clean": "bool"}
-    out = FamilySchedule(**{k: _typed(table, k, kinds[k], "schedule", source) for k in keys})
-    if out.beta_schedule not in sched.BETA_SCHEDULES:
-        raise ValueError(f"{source}: schedule.beta_schedule={out.beta_schedule!r} is not one of "
-                         f"{', '.join(sched.BETA_SCHEDULES)}")
-    if out.prediction_type not in sched.PREDICTION_TYPES:
-        raise ValueError(f"{source}: schedule.prediction_type={out.prediction_type!r} is not one of "
-                         f"{', '.join(sched.PREDICTION_TYPES)}")
-    if out.num_train_timesteps < 1:
-        raise ValueError(f"{source}: schedule.num_train_timesteps={out.num_train_timesteps} must be positive")
-    if not 0 < out.beta_start <= out.beta_end < 1:
-        raise ValueError(f"{source}: schedule.beta_start={out.beta_start}, beta_end={out.beta_end} must satisfy "
-                         "0 < beta_start <= beta_end < 1")
-    return out
-
-
-def _parse_latent(table, source) -> FamilyLatent:
-    if not isinstance(table, Mapping) or "kind" not in table:
-        _check_table(table, "latent", {"kind", "encode"}, {"scale"}, source)
-    kind = _typed(table, "kind", "str", "latent", source)
-    if kind not in LATENT_KINDS:
-        raise ValueError(f"{source}: latent.kind={kind!r} is not one of {', '.join(LATENT_KINDS)}")
-    _check_table(table, "latent", {"kind", "encode"} | ({"scale"} if kind != "none" else set()), set(), source)
-    encode = _typed(table, "encode", "str", "latent", source)
-    if encode not in ENCODE_MODES[kind]:
-        raise ValueError(f"{source}: latent.encode={encode!r} is not a {kind!r} encode mode "
-                         f"({', '.join(ENCODE_MODES[kind])})")
-    scale = None
-    if kind != "none":
-        scale = _typed(table, "scale", "float", "latent", source)
-        if not (scale > 0 and math.isfinite(scale)):
-            raise ValueError(f"{source}: latent.scale={scale!r} must be a positive number")
-    return FamilyLatent(kind=kind, encode=encode, scale=scale)
-
-
-def _parse_conditioning(table, source) -> FamilyConditioning:
-    if not isinstance(table, Mapping) or "kind" not in table:
-        _check_table(table, "conditioning", {"kind"}, set(), source)
-    kind = _typed(table, "kind", "str", "conditioning", source)
-    if kind not in CONDITIONING_KINDS:
-        raise ValueError(f"{source}: conditioning.kind={kind!r} is not one of {', '.join(CONDITIONING_KINDS)}")
-    if kind == "none":
-        _check_table(table, "conditioning", {"kind"}, set(), source)
-        return FamilyConditioning(kind)
-    if kind == "class":
-        _check_table(table, "conditioning", {"kind", "num_classes"}, {"null_class"}, source)
-        num_classes = _typed(table, "num_classes", "int", "conditioning", source)
-        if num_classes < 1:
-            raise ValueError(f"{source}: conditioning.num_classes={num_classes} must be positive")
-        null_class = _typed(table, "null_class", "int", "conditioning", source) if "null_class" in table else None
-        if null_class is not None and null_class < 0:
-            raise ValueError(f"{source}: conditioning.null_class={null_class} must be >= 0")
-        return FamilyConditioning(kind, num_classes=num_classes, null_class=null_class)
-    _check_table(table, "conditioning", {"kind", "context_shape"}, set(), source)
-    shape = table["context_shape"]
-    if not (isinstance(shape, list) and len(shape) == 2 and all(_is_int(v) and v > 0 for v in shape)):
-        raise ValueError(f"{source}: conditioning.context_shape={shape!r} must be [tokens, width] (positive integers)")
-    return FamilyConditioning(kind, context_shape=tuple(shape))
-
-
 def parse_family(data: Mapping[str, Any], *, source: str = "family") -> Family:
-    """Builds a :class:`Family` from a parsed TOML document; every problem is named with ``source``."""
-    _check_table(data, "", _TOP_REQUIRED, _TOP_OPTIONAL, source)
-    checkpoints = data.get("checkpoints", [])
-    if not (isinstance(checkpoints, list) and all(isinstance(c, str) for c in checkpoints)):
-        raise ValueError(f"{source}: checkpoints={checkpoints!r} must be a list of strings")
-    return Family(
-        name=_typed(data, "name", "str", "", source),
-        description=_typed(data, "description", "str", "", source),
-        reference=_typed(data, "reference", "str", "", source),
-        learned_sigma=_typed(data, "learned_sigma", "bool", "", source),
-        schedule=_parse_schedule(data["schedule"], source),
-        latent=_parse_latent(data["latent"], source),
-        conditioning=_parse_conditioning(data["conditioning"], source),
-        checkpoints=tuple(checkpoints),
-        path=source,
-    )
+    """Builds a :class:`Family` from a parsed TOML document (:func:`jaxmia.config.from_mapping`);
+    every problem is named with ``source``."""
+    family = typed.from_mapping(Family, data, source=source, exclude=("path",))
+    return dataclasses.replace(family, path=source)
+
+
+# Families registered from Python (:func:`register_family`), beside the shipped TOML files.
+REGISTERED_FAMILIES: dict[str, Family] = {}
+
+
+def register_family(family: Family) -> Family:
+    """Makes ``family`` loadable by name, as a ``configs/families/<name>.toml`` file would (a model
+    family defined in code, e.g. with its network's module). A name that a shipped file or an
+    earlier registration already uses is refused."""
+    if not isinstance(family, Family):
+        raise TypeError(f"register_family: expected a Family (see parse_family), got {type(family).__name__}")
+    if family.name in REGISTERED_FAMILIES or (FAMILIES_DIR / f"{family.name}.toml").is_file():
+        raise ValueError(f"register_family: model family {family.name!r} exists already")
+    REGISTERED_FAMILIES[family.name] = family
+    return family
+
+
+def unregister_family(name: str) -> None:
+    if name not in REGISTERED_FAMILIES:
+        raise KeyError(f"unregister_family: model family {name!r} is not registered")
+    del REGISTERED_FAMILIES[name]
 
 
 def list_families(directory: Path | None = None) -> list[str]:
-    """Names of the families in ``directory`` (default :data:`FAMILIES_DIR`)."""
+    """Names of the families in ``directory`` (default: :data:`FAMILIES_DIR` and the registered ones)."""
+    registered = set(REGISTERED_FAMILIES) if directory is None else set()
     directory = Path(directory or FAMILIES_DIR)
-    return sorted(p.stem for p in directory.glob("*.toml")) if directory.is_dir() else []
+    files = {p.stem for p in directory.glob("*.toml")} if directory.is_dir() else set()
+    return sorted(files | registered)
 
 
 def load_family(name_or_path, *, directory: Path | None = None) -> Family:
-    """Reads a family by name (``configs/families/<name>.toml``) or from a ``.toml`` path.
+    """Reads a family by name (a registered one, else ``configs/families/<name>.toml``) or from a
+    ``.toml`` path.
 
     Raises:
       ValueError / FileNotFoundError naming the family or file: an unknown family (the known ones
@@ -264,6 +228,8 @@ def load_family(name_or_path, *, directory: Path | None = None) -> Family:
         path = Path(text)
         if not path.is_file():
             raise FileNotFoundError(f"{path}: family file not found")
+    elif directory is None and text in REGISTERED_FAMILIES:
+        return REGISTERED_FAMILIES[text]
     else:
         directory = Path(directory or FAMILIES_DIR)
         path = directory / f"{text}.toml"

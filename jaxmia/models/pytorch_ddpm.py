@@ -42,6 +42,8 @@ import numpy as np
 
 from jaxmia.fileio import file_sha256
 from jaxmia.models import convert
+from jaxmia.models.formats import require_empty_folder, weights_digest
+from jaxmia.models.loading import save_unet
 from jaxmia.models.unet2d import UNet2DConfig, UNet2DModel, abstract_params
 
 FLAGFILE_NAME = "flagfile.txt"
@@ -368,8 +370,6 @@ def convert_pytorch_ddpm(src, dst, *, ema: bool = True, flagfile=None, assume_ci
     Returns:
       The conversion record written to ``dst/jaxmia_conversion.json``.
     """
-    from jaxmia.models.io import require_empty_folder, save_unet, weights_digest  # io imports this module lazily
-
     src, dst = Path(src), Path(dst)
     if not src.is_file():
         raise FileNotFoundError(f"{src}: checkpoint not found")

@@ -36,7 +36,7 @@ def describe_model(path, *, scheduler=None, family=None) -> dict:
       path is a string, every number a plain int or float.
     """
     from jaxmia.models.conditioning import condition_spec
-    from jaxmia.models.io import _load_denoiser
+    from jaxmia.models.loading import _load_denoiser
 
     denoiser, info = _load_denoiser(path, scheduler=scheduler, family=family)
     layout, fam, codec = info["layout"], info["family"], info["codec"]

@@ -24,24 +24,17 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import math
-import zlib
 from typing import Any, Mapping, Optional
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
-from flax import traverse_util
 
-# diffusers' get_activation table (models/activations.py); torch's GELU is the exact (erf) one.
-ACTIVATIONS = {
-    "silu": nn.silu,
-    "swish": nn.silu,
-    "mish": lambda x: x * jnp.tanh(jax.nn.softplus(x)),
-    "gelu": functools.partial(nn.gelu, approximate=False),
-    "relu": nn.relu,
-}
+from jaxmia import config as typed
+from jaxmia.models.blocks import (ACTIVATIONS, UNET_MODULE_LISTS, Downsample2D, ResnetBlock2D, SpatialAttention,
+                                  TimestepEmbedding, Upsample2D, conv, group_norm, timestep_sinusoid,
+                                  torch_default_params)
+from jaxmia.models.registry import ModelSpec, register_model
 
 DOWN_BLOCK_TYPES = ("DownBlock2D", "AttnDownBlock2D")
 UP_BLOCK_TYPES = ("UpBlock2D", "AttnUpBlock2D")
@@ -105,25 +98,7 @@ class UNet2DConfig:
           ValueError naming ``source`` and the key when a key is unknown, a value has the wrong type
           or a value selects a part of diffusers that jaxmia does not port.
         """
-        if not isinstance(config, Mapping):
-            raise ValueError(f"{source}: a model config must be a JSON object, got {type(config).__name__}")
-        class_name = config.get("_class_name", "UNet2DModel")
-        if class_name != "UNet2DModel":
-            raise ValueError(f"{source}: _class_name is {class_name!r}, not 'UNet2DModel'")
-        known = {f.name for f in dataclasses.fields(cls)}
-        # Keys starting with "_" describe the file (_class_name, _diffusers_version, _name_or_path,
-        # ...); diffusers ignores them too.
-        unknown = sorted(k for k in config if k not in known and not str(k).startswith("_"))
-        if unknown:
-            raise ValueError(f"{source}: unknown UNet2DModel config key(s) {', '.join(map(repr, unknown))}")
-        values = {}
-        for field in dataclasses.fields(cls):
-            if field.name in config:
-                values[field.name] = _coerce(field.name, config[field.name], source)
-        try:
-            return cls(**values)
-        except ValueError as err:
-            raise ValueError(f"{source}: {err}") from None
+        return typed.from_class_config(cls, config, "UNet2DModel", source=source)
 
     def __post_init__(self):
         # Lists given in Python become tuples, so the config stays hashable (a static jit argument).
@@ -135,11 +110,7 @@ class UNet2DConfig:
 
     def to_diffusers(self) -> dict:
         """The ``config.json`` dictionary diffusers' ``UNet2DModel`` accepts (lists, not tuples)."""
-        out = {"_class_name": "UNet2DModel"}
-        for field in dataclasses.fields(self):
-            value = getattr(self, field.name)
-            out[field.name] = list(value) if isinstance(value, tuple) else value
-        return out
+        return typed.to_class_config(self, "UNet2DModel")
 
     # ----------------------------------------------------------------------------------------------
     def validate(self) -> None:
@@ -233,206 +204,6 @@ class UNet2DConfig:
     @property
     def has_class_embedding(self) -> bool:
         return self.class_embed_type is not None or self.num_class_embeds is not None
-
-
-_INT_FIELDS = {"in_channels", "out_channels", "layers_per_block", "downsample_padding", "norm_num_groups"}
-_OPT_INT_FIELDS = {"time_embedding_dim", "attention_head_dim", "attn_norm_num_groups", "num_class_embeds",
-                   "num_train_timesteps"}
-_FLOAT_FIELDS = {"freq_shift", "mid_block_scale_factor", "dropout", "norm_eps"}
-_BOOL_FIELDS = {"center_input_sample", "flip_sin_to_cos", "add_attention"}
-_STR_FIELDS = {"time_embedding_type", "downsample_type", "upsample_type", "act_fn", "resnet_time_scale_shift"}
-_OPT_STR_FIELDS = {"mid_block_type", "class_embed_type"}
-_STR_TUPLE_FIELDS = {"down_block_types", "up_block_types"}
-
-
-def _coerce(key: str, value: Any, source: str):
-    """Checks the JSON type of one config value and converts lists to tuples."""
-
-    def bad(expected):
-        raise ValueError(f"{source}: {key}={value!r} must be {expected}")
-
-    def is_int(v):
-        return isinstance(v, int) and not isinstance(v, bool)
-
-    if key in _INT_FIELDS:
-        return value if is_int(value) else bad("an integer")
-    if key in _OPT_INT_FIELDS:
-        return value if value is None or is_int(value) else bad("an integer or null")
-    if key in _FLOAT_FIELDS:
-        return value if is_int(value) or isinstance(value, float) else bad("a number")
-    if key in _BOOL_FIELDS:
-        return value if isinstance(value, bool) else bad("true or false")
-    if key in _STR_FIELDS:
-        return value if isinstance(value, str) else bad("a string")
-    if key in _OPT_STR_FIELDS:
-        return value if value is None or isinstance(value, str) else bad("a string or null")
-    if key in _STR_TUPLE_FIELDS:
-        ok = isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value)
-        return tuple(value) if ok else bad("a list of strings")
-    if key == "block_out_channels":
-        ok = isinstance(value, (list, tuple)) and all(is_int(v) for v in value)
-        return tuple(value) if ok else bad("a list of integers")
-    if key == "sample_size":
-        if value is None or is_int(value):
-            return value
-        ok = isinstance(value, (list, tuple)) and len(value) == 2 and all(is_int(v) for v in value)
-        return tuple(value) if ok else bad("an integer, [height, width] or null")
-    raise AssertionError(f"no type rule for config key {key!r}")  # every dataclass field has one
-
-
-# ==================================================================================================
-# Layers
-# ==================================================================================================
-
-
-def timestep_sinusoid(timesteps, dim: int, *, flip_sin_to_cos: bool, freq_shift: float, max_period: float = 10000.0):
-    """Sinusoidal timestep embedding, (B,) -> (B, dim), as diffusers' ``get_timestep_embedding``.
-
-    f_i = exp(−ln(max_period)·i / (h − freq_shift)), i = 0..h−1, h = dim // 2; the embedding is
-    [sin(t·f), cos(t·f)] concatenated (swapped to [cos, sin] when ``flip_sin_to_cos``), zero-padded
-    by one column when ``dim`` is odd (Vaswani et al., arXiv 1706.03762, §3.5; Ho et al. 2020, App. B).
-    """
-    half = dim // 2
-    exponent = -math.log(max_period) * jnp.arange(half, dtype=jnp.float32) / (half - freq_shift)
-    args = jnp.asarray(timesteps, jnp.float32)[:, None] * jnp.exp(exponent)[None, :]
-    sin, cos = jnp.sin(args), jnp.cos(args)
-    emb = jnp.concatenate([cos, sin] if flip_sin_to_cos else [sin, cos], axis=-1)
-    if dim % 2:
-        emb = jnp.pad(emb, ((0, 0), (0, 1)))
-    return emb
-
-
-def _group_norm(groups: int, eps: float, name: str) -> nn.GroupNorm:
-    # Two-pass variance, as torch.nn.GroupNorm computes it (the fast E[x²]−E[x]² form loses digits).
-    return nn.GroupNorm(num_groups=groups, epsilon=eps, use_fast_variance=False, name=name)
-
-
-def _conv(features: int, kernel: int, name: str, precision, *, stride: int = 1, padding=None) -> nn.Conv:
-    pad = kernel // 2 if padding is None else padding
-    pads = pad if isinstance(pad, tuple) else ((pad, pad), (pad, pad))
-    return nn.Conv(features, (kernel, kernel), strides=(stride, stride), padding=pads, precision=precision, name=name)
-
-
-def _upsample_nearest(x):
-    """Nearest-neighbour ×2 (torch ``F.interpolate(scale_factor=2, mode="nearest")``), NHWC."""
-    return jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)
-
-
-def _avg_pool2(x):
-    """2×2 average pooling with stride 2 (torch ``nn.AvgPool2d(2, 2)``), NHWC."""
-    b, h, w, c = x.shape
-    return x[:, : h // 2 * 2, : w // 2 * 2].reshape(b, h // 2, 2, w // 2, 2, c).mean(axis=(2, 4))
-
-
-class TimestepEmbedding(nn.Module):
-    """``linear_1`` → SiLU → ``linear_2`` (diffusers ``TimestepEmbedding``; its activation is always SiLU)."""
-
-    features: int
-    precision: Any = None
-
-    @nn.compact
-    def __call__(self, x):
-        x = nn.Dense(self.features, precision=self.precision, name="linear_1")(x)
-        return nn.Dense(self.features, precision=self.precision, name="linear_2")(nn.silu(x))
-
-
-class ResnetBlock2D(nn.Module):
-    """diffusers ``ResnetBlock2D`` with pre-norm, a time-embedding projection and a 1×1 shortcut.
-
-    h = conv1(act(norm1(x))); "default": h = norm2(h + proj(act(temb))); "scale_shift" (FiLM):
-    h = norm2(h)·(1 + scale) + shift; then h = conv2(act(h)); out = (shortcut(x) + h) / output_scale.
-    ``resample`` "down"/"up" pools/repeats both branches after the first activation (the
-    ``downsample_type="resnet"`` / ``upsample_type="resnet"`` samplers).
-    """
-
-    out_channels: int
-    groups: int
-    eps: float
-    act_fn: str
-    time_scale_shift: str = "default"
-    output_scale_factor: float = 1.0
-    resample: Optional[str] = None
-    precision: Any = None
-
-    @nn.compact
-    def __call__(self, x, temb):
-        act = ACTIVATIONS[self.act_fn.lower()]
-        h = act(_group_norm(self.groups, self.eps, "norm1")(x))
-        if self.resample == "up":
-            x, h = _upsample_nearest(x), _upsample_nearest(h)
-        elif self.resample == "down":
-            x, h = _avg_pool2(x), _avg_pool2(h)
-        h = _conv(self.out_channels, 3, "conv1", self.precision)(h)
-        width = 2 * self.out_channels if self.time_scale_shift == "scale_shift" else self.out_channels
-        t = nn.Dense(width, precision=self.precision, name="time_emb_proj")(act(temb))[:, None, None, :]
-        norm2 = _group_norm(self.groups, self.eps, "norm2")
-        if self.time_scale_shift == "scale_shift":
-            scale, shift = jnp.split(t, 2, axis=-1)
-            h = norm2(h) * (1.0 + scale) + shift
-        else:
-            h = norm2(h + t)
-        h = _conv(self.out_channels, 3, "conv2", self.precision)(act(h))  # dropout: identity at inference
-        if x.shape[-1] != self.out_channels:
-            x = _conv(self.out_channels, 1, "conv_shortcut", self.precision)(x)
-        return (x + h) / self.output_scale_factor
-
-
-class SpatialAttention(nn.Module):
-    """Self-attention over the H·W positions (diffusers ``Attention`` built with
-    ``_from_deprecated_attn_block=True``, residual connection, bias everywhere).
-
-    heads = C // head_dim, with ``head_dim=None`` meaning one head of width C; weights are
-    softmax(q·kᵀ/√head_dim); out = (to_out_0(attn) + x) / rescale_output_factor.
-    """
-
-    head_dim: Optional[int]
-    groups: Optional[int]  # None: no group norm (diffusers' mid block with scale_shift)
-    eps: float
-    rescale_output_factor: float = 1.0
-    precision: Any = None
-
-    @nn.compact
-    def __call__(self, x):
-        b, hgt, wid, c = x.shape
-        head_dim = self.head_dim or c
-        heads = c // head_dim
-        inner = heads * head_dim
-        h = _group_norm(self.groups, self.eps, "group_norm")(x) if self.groups else x
-        h = h.reshape(b, hgt * wid, c)
-
-        def project(name):
-            return nn.Dense(inner, precision=self.precision, name=name)(h).reshape(b, hgt * wid, heads, head_dim)
-
-        q, k, v = project("to_q"), project("to_k"), project("to_v")
-        logits = jnp.einsum("bqhd,bkhd->bhqk", q, k, precision=self.precision) / math.sqrt(head_dim)
-        weights = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(v.dtype)
-        out = jnp.einsum("bhqk,bkhd->bqhd", weights, v, precision=self.precision).reshape(b, hgt * wid, inner)
-        out = nn.Dense(c, precision=self.precision, name="to_out_0")(out).reshape(b, hgt, wid, c)
-        return (out + x) / self.rescale_output_factor
-
-
-class Downsample2D(nn.Module):
-    """Stride-2 3×3 conv; ``padding=0`` pads one row and column at the bottom/right first (TF style)."""
-
-    out_channels: int
-    padding: int
-    precision: Any = None
-
-    @nn.compact
-    def __call__(self, x):
-        pad = ((0, 1), (0, 1)) if self.padding == 0 else ((self.padding,) * 2,) * 2
-        return _conv(self.out_channels, 3, "conv", self.precision, stride=2, padding=pad)(x)
-
-
-class Upsample2D(nn.Module):
-    """Nearest ×2 then a 3×3 conv."""
-
-    out_channels: int
-    precision: Any = None
-
-    @nn.compact
-    def __call__(self, x):
-        return _conv(self.out_channels, 3, "conv", self.precision)(_upsample_nearest(x))
 
 
 # ==================================================================================================
@@ -562,12 +333,12 @@ class UNet2DModel(nn.Module):
         else:
             time_proj = functools.partial(timestep_sinusoid, dim=c0, flip_sin_to_cos=cfg.flip_sin_to_cos,
                                           freq_shift=cfg.freq_shift)
-        emb = TimestepEmbedding(cfg.time_embed_dim, self.precision, name="time_embedding")(time_proj(timesteps))
+        emb = TimestepEmbedding(cfg.time_embed_dim, precision=self.precision, name="time_embedding")(time_proj(timesteps))
         if cfg.has_class_embedding:
             if class_labels is None:
                 raise ValueError("this UNet2DModel is class-conditional: class_labels are required")
             if cfg.class_embed_type == "timestep":
-                emb = emb + TimestepEmbedding(cfg.time_embed_dim, self.precision, name="class_embedding")(
+                emb = emb + TimestepEmbedding(cfg.time_embed_dim, precision=self.precision, name="class_embedding")(
                     time_proj(class_labels))
             elif cfg.class_embed_type == "identity":
                 emb = emb + jnp.asarray(class_labels, emb.dtype)
@@ -577,7 +348,7 @@ class UNet2DModel(nn.Module):
             raise ValueError("this UNet2DModel has no class embedding: class_labels must be None")
 
         # 2. down path; the skip stack starts with conv_in's output
-        h = _conv(c0, 3, "conv_in", self.precision)(sample)
+        h = conv(c0, 3, "conv_in", self.precision)(sample)
         skips = [h]
         levels = len(cfg.block_out_channels)
         for i, kind in enumerate(cfg.down_block_types):
@@ -604,8 +375,8 @@ class UNet2DModel(nn.Module):
                         name=f"up_blocks_{i}")(h, level_skips, emb)
 
         # 5. out
-        h = nn.silu(_group_norm(cfg.norm_num_groups, cfg.norm_eps, "conv_norm_out")(h))
-        return _conv(cfg.out_channels, 3, "conv_out", self.precision)(h)
+        h = nn.silu(group_norm(cfg.norm_num_groups, cfg.norm_eps, "conv_norm_out")(h))
+        return conv(cfg.out_channels, 3, "conv_out", self.precision)(h)
 
 
 def example_inputs(config: UNet2DConfig, batch: int = 1):
@@ -630,31 +401,6 @@ def example_inputs(config: UNet2DConfig, batch: int = 1):
     return x, t, labels
 
 
-def torch_default_params(abstract: dict, seed: int = 0) -> dict:
-    """Random float32 values for a parameter tree of shapes, drawn on the host like PyTorch.
-
-    PyTorch's default initialisation, which diffusers' models start from: conv and linear weights
-    and biases U(±1/√fan_in), norm scales 1 and biases 0, embedding tables N(0, 1). Each leaf has its
-    own generator seeded by (seed, parameter path), so adding a layer leaves the other leaves
-    unchanged. Used by every jaxmia module that trains from scratch (UNet, autoencoders).
-    """
-    flat = traverse_util.flatten_dict(abstract)
-    out = {}
-    for path, leaf in flat.items():
-        rng = np.random.default_rng([int(seed), zlib.crc32("/".join(path).encode())])
-        module_path, kind = path[:-1], path[-1]
-        if kind == "scale" or (kind == "bias" and module_path + ("scale",) in flat):
-            value = np.full(leaf.shape, 1.0 if kind == "scale" else 0.0)
-        elif kind == "embedding":
-            value = rng.standard_normal(leaf.shape)
-        else:  # kernel (H,W,I,O or I,O) or the bias of the same layer
-            fan_in = math.prod(flat[module_path + ("kernel",)].shape[:-1])
-            bound = 1.0 / math.sqrt(fan_in)
-            value = rng.uniform(-bound, bound, leaf.shape)
-        out[path] = value.astype(np.float32)
-    return traverse_util.unflatten_dict(out)
-
-
 def init_params(module: UNet2DModel, seed: int = 0) -> dict:
     """Random float32 parameters for training a new target (:func:`torch_default_params`).
 
@@ -676,3 +422,33 @@ def abstract_params(module: UNet2DModel) -> dict:
 def _abstract_params(config: UNet2DConfig) -> dict:
     module = UNet2DModel(config)
     return jax.eval_shape(lambda: module.init(jax.random.key(0), *example_inputs(config)))["params"]
+
+
+# ==================================================================================================
+# Registration
+# ==================================================================================================
+
+
+def _unet2d_apply(module: UNet2DModel, params, x, t, cond):
+    return module.apply({"params": params}, x, t, cond)
+
+
+@register_model("UNet2DModel", module_lists=UNET_MODULE_LISTS)
+def build_unet2d(config: Mapping[str, Any], *, source: str = "config") -> ModelSpec:
+    cfg = UNet2DConfig.from_diffusers(config, source=source)
+    module = UNet2DModel(cfg)
+    if not cfg.has_class_embedding:
+        cond_kind = "none"
+    elif cfg.class_embed_type == "identity":
+        cond_kind = "embedding"  # a float vector per image: no attack supplies one
+    else:
+        cond_kind = "class"
+    return ModelSpec(
+        module=module,
+        config=cfg,
+        abstract_params=abstract_params(module),
+        apply_fn=functools.partial(_unet2d_apply, module),
+        sample_shape=None if cfg.sample_size is None else cfg.sample_shape,
+        out_channels=cfg.out_channels,
+        cond_kind=cond_kind,
+    )

@@ -42,10 +42,12 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxmia.models.attention import BasicTransformerBlock
-from jaxmia.models.io import ModelSpec, register_model
-from jaxmia.models.unet2d import (ACTIVATIONS, Downsample2D, ResnetBlock2D, Upsample2D, _block_kind, _conv,
-                                  _group_norm, timestep_sinusoid)
+from jaxmia import config as typed
+from jaxmia.models.attention import TRANSFORMER_MODULE_LISTS, BasicTransformerBlock
+from jaxmia.models.blocks import (ACTIVATIONS, UNET_MODULE_LISTS, Downsample2D, ResnetBlock2D, TimestepEmbedding,
+                                  Upsample2D, conv, group_norm, timestep_sinusoid)
+from jaxmia.models.registry import ModelSpec, register_model
+from jaxmia.models.unet2d import _block_kind
 
 CROSS_DOWN, PLAIN_DOWN = "CrossAttnDownBlock2D", "DownBlock2D"
 CROSS_UP, PLAIN_UP = "CrossAttnUpBlock2D", "UpBlock2D"
@@ -142,32 +144,22 @@ class UNet2DConditionConfig:
           ValueError naming ``source`` and the key: an unknown key, a value of the wrong type, or a
           value that selects a part of diffusers jaxmia does not port.
         """
-        if not isinstance(config, Mapping):
-            raise ValueError(f"{source}: a model config must be a JSON object, got {type(config).__name__}")
-        class_name = config.get("_class_name", "UNet2DConditionModel")
-        if class_name != "UNet2DConditionModel":
-            raise ValueError(f"{source}: _class_name is {class_name!r}, not 'UNet2DConditionModel'")
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(k for k in config if k not in known and not str(k).startswith("_"))
-        if unknown:
-            raise ValueError(f"{source}: unknown UNet2DConditionModel config key(s) {', '.join(map(repr, unknown))}")
-        for key, default in _DEFAULT_ONLY.items():
-            if key in config and config[key] != default:
-                why = ("diffusers refuses it too: the head count comes from attention_head_dim"
-                       if key == "num_attention_heads" else "selects a part of diffusers that jaxmia does not port")
-                raise ValueError(f"{source}: {key}={config[key]!r} is not supported ({why}; supported: {default!r})")
-        values = {f.name: _coerce(f.name, config[f.name], source) for f in dataclasses.fields(cls) if f.name in config}
-        out = cls(**values)
-        out.validate(source=source)
-        return out
+        if isinstance(config, Mapping):
+            for key, default in _DEFAULT_ONLY.items():
+                if key in config and config[key] != default:
+                    why = ("diffusers refuses it too: the head count comes from attention_head_dim"
+                           if key == "num_attention_heads" else "selects a part of diffusers that jaxmia does not port")
+                    raise ValueError(f"{source}: {key}={config[key]!r} is not supported ({why}; supported: {default!r})")
+            tlpb = config.get("transformer_layers_per_block")
+            if isinstance(tlpb, (list, tuple)) and any(isinstance(v, (list, tuple)) for v in tlpb):
+                raise ValueError(f"{source}: transformer_layers_per_block={tlpb!r} must be an integer or a flat list "
+                                 "(asymmetric per-layer lists need reverse_transformer_layers_per_block, which is not "
+                                 "ported)")
+        return typed.from_class_config(cls, config, "UNet2DConditionModel", source=source)
 
     def to_diffusers(self) -> dict:
         """The ``config.json`` dictionary (lists, not tuples) diffusers' ``UNet2DConditionModel`` accepts."""
-        out = {"_class_name": "UNet2DConditionModel"}
-        for field in dataclasses.fields(self):
-            value = getattr(self, field.name)
-            out[field.name] = list(value) if isinstance(value, tuple) else value
-        return out
+        return typed.to_class_config(self, "UNet2DConditionModel")
 
     # ----------------------------------------------------------------------------------------------
     def validate(self, *, source: str = "config") -> None:
@@ -317,83 +309,11 @@ class UNet2DConditionConfig:
         return self.time_embedding_dim or 4 * self.block_out_channels[0]
 
 
-def _is_int(v) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-def _coerce(key: str, value: Any, source: str):
-    """Checks the JSON type of one config value; lists become tuples."""
-
-    def bad(expected):
-        raise ValueError(f"{source}: {key}={value!r} must be {expected}")
-
-    def int_or_list(v):
-        if _is_int(v):
-            return v
-        if isinstance(v, (list, tuple)) and all(_is_int(x) for x in v):
-            return tuple(v)
-        return bad("an integer or a list of integers (one per level)")
-
-    if key in _DEFAULT_ONLY:  # already checked against the default
-        return value
-    if key in ("in_channels", "out_channels", "downsample_padding", "conv_in_kernel", "conv_out_kernel",
-               "addition_embed_type_num_heads"):
-        return value if _is_int(value) else bad("an integer")
-    if key in ("num_class_embeds", "time_embedding_dim", "norm_num_groups"):
-        return value if value is None or _is_int(value) else bad("an integer or null")
-    if key in ("freq_shift", "mid_block_scale_factor", "dropout", "norm_eps", "resnet_out_scale_factor"):
-        return float(value) if _is_int(value) or isinstance(value, float) else bad("a number")
-    if key in ("center_input_sample", "flip_sin_to_cos", "use_linear_projection", "upcast_attention",
-               "resnet_skip_time_act"):
-        return value if isinstance(value, bool) else bad("true or false")
-    if key == "mid_block_only_cross_attention":
-        return value if value is None or isinstance(value, bool) else bad("true, false or null")
-    if key in ("act_fn", "resnet_time_scale_shift"):
-        return value if isinstance(value, str) else bad("a string")
-    if key in ("mid_block_type", "cross_attention_norm"):
-        return value if value is None or isinstance(value, str) else bad("a string or null")
-    if key in ("down_block_types", "up_block_types"):
-        ok = isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value)
-        return tuple(value) if ok else bad("a list of strings")
-    if key == "block_out_channels":
-        ok = isinstance(value, (list, tuple)) and all(_is_int(v) for v in value)
-        return tuple(value) if ok else bad("a list of integers")
-    if key in ("layers_per_block", "attention_head_dim", "cross_attention_dim"):
-        return int_or_list(value)
-    if key == "transformer_layers_per_block":
-        if isinstance(value, (list, tuple)) and any(isinstance(v, (list, tuple)) for v in value):
-            bad("an integer or a flat list (asymmetric per-layer lists need reverse_transformer_layers_per_block, "
-                "which is not ported)")
-        return int_or_list(value)
-    if key == "only_cross_attention":
-        if isinstance(value, bool):
-            return value
-        ok = isinstance(value, (list, tuple)) and all(isinstance(v, bool) for v in value)
-        return tuple(value) if ok else bad("true, false or a list of booleans")
-    if key == "sample_size":
-        if value is None or _is_int(value):
-            return value
-        ok = isinstance(value, (list, tuple)) and len(value) == 2 and all(_is_int(v) for v in value)
-        return tuple(value) if ok else bad("an integer, [height, width] or null")
-    raise AssertionError(f"no type rule for config key {key!r}")  # every dataclass field has one
 
 
 # ==================================================================================================
 # Layers and blocks
 # ==================================================================================================
-
-
-class TimestepEmbedding(nn.Module):
-    """diffusers ``TimestepEmbedding``: ``linear_1`` → act → ``linear_2`` (act = the UNet's ``act_fn``)."""
-
-    features: int
-    act_fn: str = "silu"
-    precision: Any = None
-
-    @nn.compact
-    def __call__(self, x):
-        x = nn.Dense(self.features, precision=self.precision, name="linear_1")(x)
-        return nn.Dense(self.features, precision=self.precision, name="linear_2")(ACTIVATIONS[self.act_fn.lower()](x))
 
 
 class Transformer2D(nn.Module):
@@ -419,14 +339,14 @@ class Transformer2D(nn.Module):
         if self.linear_projection:
             h = nn.Dense(inner, precision=self.precision, name="proj_in")(h.reshape(b, height * width, c))
         else:
-            h = _conv(inner, 1, "proj_in", self.precision)(h).reshape(b, height * width, inner)
+            h = conv(inner, 1, "proj_in", self.precision)(h).reshape(b, height * width, inner)
         for i in range(self.layers):
             h = BasicTransformerBlock(self.heads, self.head_dim, cross_attention=True, precision=self.precision,
                                       name=f"transformer_blocks_{i}")(h, context)
         if self.linear_projection:
             h = nn.Dense(c, precision=self.precision, name="proj_out")(h).reshape(b, height, width, c)
         else:
-            h = _conv(c, 1, "proj_out", self.precision)(h.reshape(b, height, width, inner))
+            h = conv(c, 1, "proj_out", self.precision)(h.reshape(b, height, width, inner))
         return h + x
 
 
@@ -559,7 +479,7 @@ class UNet2DConditionModel(nn.Module):
             raise ValueError("this UNet2DConditionModel has no class embedding: class_labels must be None")
 
         # 2. down path; the skip stack starts with conv_in's output
-        h = _conv(c0, cfg.conv_in_kernel, "conv_in", self.precision)(sample)
+        h = conv(c0, cfg.conv_in_kernel, "conv_in", self.precision)(sample)
         skips = [h]
         for level in range(len(cfg.block_out_channels)):
             h, level_skips = DownBlock(cfg, level, self.precision, name=f"down_blocks_{level}")(h, emb, context)
@@ -577,8 +497,8 @@ class UNet2DConditionModel(nn.Module):
             h = UpBlock(cfg, i, self.precision, name=f"up_blocks_{i}")(h, level_skips, emb, context)
 
         # 5. out
-        h = ACTIVATIONS[cfg.act_fn.lower()](_group_norm(cfg.norm_num_groups, cfg.norm_eps, "conv_norm_out")(h))
-        return _conv(cfg.out_channels, cfg.conv_out_kernel, "conv_out", self.precision)(h)
+        h = ACTIVATIONS[cfg.act_fn.lower()](group_norm(cfg.norm_num_groups, cfg.norm_eps, "conv_norm_out")(h))
+        return conv(cfg.out_channels, cfg.conv_out_kernel, "conv_out", self.precision)(h)
 
 
 def _check_context(cfg: UNet2DConditionConfig, context, batch: int):
@@ -625,7 +545,7 @@ def _apply(module: UNet2DConditionModel, params, x, t, cond):
     return module.apply({"params": params}, x, t, cond if kind == "text" else None, cond if kind == "class" else None)
 
 
-@register_model("UNet2DConditionModel")
+@register_model("UNet2DConditionModel", module_lists=UNET_MODULE_LISTS + TRANSFORMER_MODULE_LISTS)
 def build_unet2d_condition(config: Mapping[str, Any], *, source: str = "config") -> ModelSpec:
     """The registry builder: text conditioning (cond (B, L, D)) for cross-attention configs, class labels
     (cond (B,) int) for ``num_class_embeds`` without cross-attention, else unconditional."""

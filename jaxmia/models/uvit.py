@@ -49,17 +49,19 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxmia.models import typed_config
+from jaxmia import config as typed
 from jaxmia.models.attention import PatchEmbed, layer_norm
 from jaxmia.models.conditioning import register_condition_probe
 from jaxmia.models.dit_official import FusedAttention, Mlp
-from jaxmia.models.io import ModelSpec, register_model
-from jaxmia.models.unet2d import timestep_sinusoid
+from jaxmia.models.blocks import timestep_sinusoid
+from jaxmia.models.registry import ModelSpec, register_model
 
 CLASS_NAME = "UViT"
 T2I_CLASS_NAME = "UViTT2I"
 # num_heads of the official configs (configs/*.py), by embed_dim.
 OFFICIAL_NUM_HEADS = {512: 8, 768: 12, 1024: 16, 1152: 16}
+# PyTorch ModuleList attributes of the official U-ViT (``in_blocks.0``, ``out_blocks.0``, ``time_embed.0``).
+UVIT_MODULE_LISTS = ("in_blocks", "out_blocks", "time_embed")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -84,10 +86,10 @@ class _Common:
     @classmethod
     def from_diffusers(cls, config: Mapping[str, Any], *, source: str = "config"):
         """From a ``config.json`` dict; unknown keys, wrong types and bad values refused by name."""
-        return typed_config.from_config(cls, config, cls.class_name, source=source)
+        return typed.from_class_config(cls, config, cls.class_name, source=source)
 
     def to_diffusers(self) -> dict:
-        return typed_config.to_config(self, self.class_name)
+        return typed.to_class_config(self, self.class_name)
 
     def validate(self, *, source: str = "config") -> None:
         def bad(key, why):
@@ -281,13 +283,13 @@ def _spec(cfg) -> ModelSpec:
                      out_channels=cfg.in_chans, cond_kind=cfg.cond_kind)
 
 
-@register_model(CLASS_NAME)
+@register_model(CLASS_NAME, module_lists=UVIT_MODULE_LISTS)
 def build_uvit(config: Mapping[str, Any], *, source: str = "config") -> ModelSpec:
     """Class-conditional (cond (B,) int labels) or, with ``num_classes = -1``, unconditional."""
     return _spec(UViTConfig.from_diffusers(config, source=source))
 
 
-@register_model(T2I_CLASS_NAME)
+@register_model(T2I_CLASS_NAME, module_lists=UVIT_MODULE_LISTS)
 def build_uvit_t2i(config: Mapping[str, Any], *, source: str = "config") -> ModelSpec:
     """Text-conditional: cond (B, num_clip_token, clip_dim) float embeddings."""
     return _spec(UViTT2IConfig.from_diffusers(config, source=source))

@@ -44,8 +44,10 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxmia.models.io import ModelSpec, register_model
-from jaxmia.models.unet2d import ACTIVATIONS, Downsample2D, SpatialAttention, Upsample2D, torch_default_params
+from jaxmia import config as typed
+from jaxmia.models.blocks import (ACTIVATIONS, UNET_MODULE_LISTS, Downsample2D, SpatialAttention, Upsample2D, conv,
+                                  group_norm, torch_default_params)
+from jaxmia.models.registry import ModelSpec, register_model
 
 DOWN_BLOCK_TYPES = ("DownEncoderBlock2D", "AttnDownEncoderBlock2D")
 UP_BLOCK_TYPES = ("UpDecoderBlock2D", "AttnUpDecoderBlock2D")
@@ -62,76 +64,6 @@ ENCODE_MODES = {
 # ==================================================================================================
 # Configs
 # ==================================================================================================
-
-_FIELD_KINDS = {  # JSON type rules of every config key either class accepts
-    "in_channels": "int", "out_channels": "int", "layers_per_block": "int", "latent_channels": "int",
-    "norm_num_groups": "int", "num_vq_embeddings": "int", "vq_embed_dim": "opt_int",
-    "down_block_types": "str_tuple", "up_block_types": "str_tuple", "block_out_channels": "int_tuple",
-    "act_fn": "str", "norm_type": "str", "sample_size": "size",
-    "scaling_factor": "float", "shift_factor": "opt_float",
-    "latents_mean": "opt_float_tuple", "latents_std": "opt_float_tuple",
-    "force_upcast": "bool", "use_quant_conv": "bool", "use_post_quant_conv": "bool",
-    "mid_block_add_attention": "bool", "lookup_from_codebook": "bool",
-}
-
-
-def _coerce(key: str, value: Any, source: str):
-    def bad(expected):
-        raise ValueError(f"{source}: {key}={value!r} must be {expected}")
-
-    def is_int(v):
-        return isinstance(v, int) and not isinstance(v, bool)
-
-    def is_num(v):
-        return is_int(v) or isinstance(v, float)
-
-    kind = _FIELD_KINDS[key]
-    if kind == "int":
-        return value if is_int(value) else bad("an integer")
-    if kind == "opt_int":
-        return value if value is None or is_int(value) else bad("an integer or null")
-    if kind == "float":
-        return float(value) if is_num(value) else bad("a number")
-    if kind == "opt_float":
-        return value if value is None else (float(value) if is_num(value) else bad("a number or null"))
-    if kind == "bool":
-        return value if isinstance(value, bool) else bad("true or false")
-    if kind == "str":
-        return value if isinstance(value, str) else bad("a string")
-    if kind == "str_tuple":
-        ok = isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value)
-        return tuple(value) if ok else bad("a list of strings")
-    if kind == "int_tuple":
-        ok = isinstance(value, (list, tuple)) and all(is_int(v) for v in value)
-        return tuple(value) if ok else bad("a list of integers")
-    if kind == "opt_float_tuple":
-        if value is None:
-            return None
-        ok = isinstance(value, (list, tuple)) and all(is_num(v) for v in value)
-        return tuple(float(v) for v in value) if ok else bad("a list of numbers or null")
-    # "size": an int (square) or [H, W]
-    if is_int(value):
-        return value
-    ok = isinstance(value, (list, tuple)) and len(value) == 2 and all(is_int(v) for v in value)
-    return tuple(value) if ok else bad("an integer or [height, width]")
-
-
-def _parse(cls, config: Mapping[str, Any], source: str):
-    """Strict parse of a diffusers ``config.json`` into the frozen dataclass ``cls``."""
-    if not isinstance(config, Mapping):
-        raise ValueError(f"{source}: a model config must be a JSON object, got {type(config).__name__}")
-    class_name = config.get("_class_name", cls.class_name)
-    if class_name != cls.class_name:
-        raise ValueError(f"{source}: _class_name is {class_name!r}, not {cls.class_name!r}")
-    known = {f.name for f in dataclasses.fields(cls)}
-    # Keys starting with "_" describe the file (_class_name, _diffusers_version, _name_or_path).
-    unknown = sorted(k for k in config if k not in known and not str(k).startswith("_"))
-    if unknown:
-        raise ValueError(f"{source}: unknown {cls.class_name} config key(s) {', '.join(map(repr, unknown))}")
-    out = cls(**{k: _coerce(k, config[k], source) for k in known if k in config})
-    _validate(out, source)
-    return out
-
 
 def _validate(cfg, source: str) -> None:
     """Refuses, by key and value, what diffusers would refuse and what jaxmia does not port."""
@@ -188,15 +120,13 @@ class _ConfigMixin:
     def from_diffusers(cls, config: Mapping[str, Any], *, source: str = "config"):
         """Builds the config from a diffusers ``config.json`` dict; unknown keys and unsupported
         values are refused by name (ValueError naming ``source``)."""
-        return _parse(cls, config, source)
+        out = typed.from_class_config(cls, config, cls.class_name, source=source)
+        _validate(out, source)
+        return out
 
     def to_diffusers(self) -> dict:
         """The ``config.json`` dict diffusers accepts (lists, not tuples)."""
-        out = {"_class_name": self.class_name}
-        for field in dataclasses.fields(self):
-            value = getattr(self, field.name)
-            out[field.name] = list(value) if isinstance(value, tuple) else value
-        return out
+        return typed.to_class_config(self, self.class_name)
 
     @property
     def downsample_factor(self) -> int:
@@ -278,13 +208,7 @@ class VQModelConfig(_ConfigMixin):
 
 
 def _group_norm(groups: int, name: str) -> nn.GroupNorm:
-    # Two-pass variance, as torch.nn.GroupNorm computes it.
-    return nn.GroupNorm(num_groups=groups, epsilon=VAE_EPS, use_fast_variance=False, name=name)
-
-
-def _conv(features: int, kernel: int, name: str, precision) -> nn.Conv:
-    pad = kernel // 2
-    return nn.Conv(features, (kernel, kernel), padding=((pad, pad), (pad, pad)), precision=precision, name=name)
+    return group_norm(groups, VAE_EPS, name)
 
 
 class ResnetBlock(nn.Module):
@@ -300,10 +224,10 @@ class ResnetBlock(nn.Module):
     @nn.compact
     def __call__(self, x):
         act = ACTIVATIONS[self.act_fn.lower()]
-        h = _conv(self.out_channels, 3, "conv1", self.precision)(act(_group_norm(self.groups, "norm1")(x)))
-        h = _conv(self.out_channels, 3, "conv2", self.precision)(act(_group_norm(self.groups, "norm2")(h)))
+        h = conv(self.out_channels, 3, "conv1", self.precision)(act(_group_norm(self.groups, "norm1")(x)))
+        h = conv(self.out_channels, 3, "conv2", self.precision)(act(_group_norm(self.groups, "norm2")(h)))
         if x.shape[-1] != self.out_channels:
-            x = _conv(self.out_channels, 1, "conv_shortcut", self.precision)(x)
+            x = conv(self.out_channels, 1, "conv_shortcut", self.precision)(x)
         return x + h
 
 
@@ -367,7 +291,7 @@ class Encoder(nn.Module):
     def __call__(self, x):
         cfg = self.config
         channels = cfg.block_out_channels
-        h = _conv(channels[0], 3, "conv_in", self.precision)(x)
+        h = conv(channels[0], 3, "conv_in", self.precision)(x)
         for i, kind in enumerate(cfg.down_block_types):
             last = i == len(channels) - 1
             h = CoderBlock(channels[i], cfg.layers_per_block, kind == "AttnDownEncoderBlock2D",
@@ -376,7 +300,7 @@ class Encoder(nn.Module):
         h = MidBlock(channels[-1], cfg.norm_num_groups, cfg.act_fn, cfg.mid_block_add_attention, self.precision,
                      name="mid_block")(h)
         h = nn.silu(_group_norm(cfg.norm_num_groups, "conv_norm_out")(h))  # conv_act is always SiLU
-        return _conv(self.out, 3, "conv_out", self.precision)(h)
+        return conv(self.out, 3, "conv_out", self.precision)(h)
 
 
 class Decoder(nn.Module):
@@ -390,7 +314,7 @@ class Decoder(nn.Module):
     def __call__(self, z):
         cfg = self.config
         channels = tuple(reversed(cfg.block_out_channels))
-        h = _conv(channels[0], 3, "conv_in", self.precision)(z)
+        h = conv(channels[0], 3, "conv_in", self.precision)(z)
         h = MidBlock(channels[0], cfg.norm_num_groups, cfg.act_fn, cfg.mid_block_add_attention, self.precision,
                      name="mid_block")(h)
         for i, kind in enumerate(cfg.up_block_types):
@@ -399,7 +323,7 @@ class Decoder(nn.Module):
                            None if last else "up", cfg.norm_num_groups, cfg.act_fn, self.precision,
                            name=f"up_blocks_{i}")(h)
         h = nn.silu(_group_norm(cfg.norm_num_groups, "conv_norm_out")(h))
-        return _conv(cfg.out_channels, 3, "conv_out", self.precision)(h)
+        return conv(cfg.out_channels, 3, "conv_out", self.precision)(h)
 
 
 def posterior_sample(mean, logvar, noise):
@@ -522,7 +446,7 @@ def abstract_params(module) -> dict:
 
 def init_params(module, seed: int = 0) -> dict:
     """Random float32 parameters drawn on the host with PyTorch's default initialisation (the
-    codebook N(0, 1)): :func:`jaxmia.models.unet2d.torch_default_params`. Jitting ``module.init``
+    codebook N(0, 1)): :func:`jaxmia.models.blocks.torch_default_params`. Jitting ``module.init``
     instead would compile one RNG program per leaf."""
     return torch_default_params(abstract_params(module), seed)
 
@@ -544,13 +468,13 @@ def _spec(module, cfg) -> ModelSpec:
     )
 
 
-@register_model("AutoencoderKL")
+@register_model("AutoencoderKL", role="autoencoder", module_lists=UNET_MODULE_LISTS)
 def build_autoencoder_kl(config: Mapping[str, Any], *, source: str = "config") -> ModelSpec:
     cfg = AutoencoderKLConfig.from_diffusers(config, source=source)
     return _spec(AutoencoderKL(cfg), cfg)
 
 
-@register_model("VQModel")
+@register_model("VQModel", role="autoencoder", module_lists=UNET_MODULE_LISTS)
 def build_vq_model(config: Mapping[str, Any], *, source: str = "config") -> ModelSpec:
     cfg = VQModelConfig.from_diffusers(config, source=source)
     return _spec(VQModel(cfg), cfg)

@@ -10,56 +10,7 @@ and writes a diffusers-style folder: the denoiser, the autoencoder for latent mo
 scheduler config matching the model's family (``configs/families``).
 """
 
-from __future__ import annotations
-
-from pathlib import Path
-from typing import Callable, Mapping, NamedTuple
-
-
-class OfficialFormat(NamedTuple):
-    """One official checkpoint format.
-
-    Attributes:
-      name: what ``--format`` takes.
-      summary: one line for ``jaxmia convert --help``.
-      convert: ``convert(src: Path, dst: Path, **options) -> dict`` (a JSON-able report: the
-        files read, the architecture found, parameter counts, digests).
-      options: the options it accepts (``--option KEY=VALUE``), name -> help.
-    """
-
-    name: str
-    summary: str
-    convert: Callable[..., dict]
-    options: Mapping[str, str]
-
-
-FORMATS: dict[str, OfficialFormat] = {}
-
-
-def register_format(name: str, summary: str, options: Mapping[str, str] | None = None):
-    """Registers ``convert(src, dst, **options) -> dict`` under ``name``."""
-
-    def decorate(convert):
-        if name in FORMATS:
-            raise ValueError(f"official format {name!r} registered twice")
-        FORMATS[name] = OfficialFormat(name, summary, convert, dict(options or {}))
-        return convert
-
-    return decorate
-
-
-def convert_official(name: str, src, dst, options: Mapping[str, str] | None = None) -> dict:
-    """Runs the converter of format ``name``; an unknown format or option is refused by name."""
-    if name not in FORMATS:
-        raise ValueError(f"unknown official format {name!r} (known: {', '.join(sorted(FORMATS)) or 'none'})")
-    fmt = FORMATS[name]
-    options = dict(options or {})
-    unknown = sorted(set(options) - set(fmt.options))
-    if unknown:
-        known = ", ".join(sorted(fmt.options)) or "none"
-        raise ValueError(f"--format {name}: unknown option(s) {', '.join(map(repr, unknown))} (known: {known})")
-    return {"format": name, **fmt.convert(Path(src), Path(dst), **options)}
-
+from jaxmia.models.official.registry import FORMATS, OfficialFormat, convert_official, register_format  # noqa: F401
 
 # The formats (each module registers itself on import).
 from jaxmia.models.official import dit, uvit  # noqa: E402,F401  (DiT, U-ViT class and text-to-image)

@@ -34,7 +34,7 @@ from flax import traverse_util
 from jaxmia.models import convert as rules
 from jaxmia.models.dit_official import (FREQUENCY_EMBEDDING_SIZE, OFFICIAL_NUM_HEADS, DiTOfficialConfig,
                                         abstract_params)
-from jaxmia.models.official import register_format
+from jaxmia.models.official.registry import register_format
 from jaxmia.models.official.output import (check_keys, choice_option, count_indexed, int_option, num_heads,
                                            path_option, require, source_record, write_pipeline)
 from jaxmia.models.torch_checkpoint import flat_state_dict, read_torch_checkpoint
@@ -112,7 +112,7 @@ def convert_state_dict(state: dict, options: dict, source: str) -> tuple[DiTOffi
 
 def load_vae(folder: Path):
     """(AutoencoderKLConfig, params) of a diffusers AutoencoderKL folder (safetensors or Flax msgpack)."""
-    from jaxmia.models.io import load_unet
+    from jaxmia.models.loading import load_unet
     from jaxmia.models.vae import AutoencoderKLConfig
 
     _, config, params = load_unet(folder)
@@ -132,7 +132,7 @@ def load_vae(folder: Path):
 })
 def convert(src: Path, dst: Path, **options) -> dict:
     """Converts ``src`` into the pipeline folder ``dst`` (new or empty); returns the conversion record."""
-    from jaxmia.models.io import require_empty_folder
+    from jaxmia.models.formats import require_empty_folder
 
     require_empty_folder(Path(dst))
     vae_dir = path_option(options, "vae", FORMAT, folder=True)

@@ -81,7 +81,7 @@ import numpy as np
 from jaxmia import schedule as sched
 from jaxmia.fileio import file_sha256
 from jaxmia.models import convert as tree_convert
-from jaxmia.models.official import register_format
+from jaxmia.models.official.registry import register_format
 from jaxmia.models.official.output import check_keys
 from jaxmia.models.torch_checkpoint import flat_state_dict, read_torch_checkpoint
 
@@ -796,7 +796,8 @@ def convert(src: Path, dst: Path, config: Optional[str] = None, null_class: str 
       The conversion record (also written to ``dst/jaxmia_conversion.json``).
     """
     from jaxmia.models import class_token, vae
-    from jaxmia.models.io import require_empty_folder, save_unet, weights_digest
+    from jaxmia.models.formats import require_empty_folder, weights_digest
+    from jaxmia.models.loading import save_unet
 
     src, dst = Path(src), Path(dst)
     if not src.is_file():

@@ -133,9 +133,10 @@ def write_pipeline(dst: Path, *, pipeline_class: str, denoiser_config, denoiser_
     """Writes the pipeline folder and returns the conversion record (also ``jaxmia_conversion.json``).
 
     ``vae``: ``(AutoencoderKLConfig, params)`` or None (pixel-space model). Each model is checked
-    against its config before anything is written (:func:`jaxmia.models.io.save_unet`).
+    against its config before anything is written (:func:`jaxmia.models.loading.save_unet`).
     """
-    from jaxmia.models.io import require_empty_folder, save_unet, weights_digest
+    from jaxmia.models.formats import require_empty_folder, weights_digest
+    from jaxmia.models.loading import save_unet
 
     dst = Path(dst)
     require_empty_folder(dst)

@@ -37,7 +37,8 @@ import numpy as np
 from flax import traverse_util
 
 from jaxmia.models import convert
-from jaxmia.models.official import kl_autoencoder, register_format
+from jaxmia.models.official import kl_autoencoder
+from jaxmia.models.official.registry import register_format
 from jaxmia.models.official.output import (check_keys, choice_option, count_indexed, float_option, int_option,
                                            num_heads, path_option, require, source_record, write_pipeline)
 from jaxmia.models.torch_checkpoint import flat_state_dict, read_torch_checkpoint
@@ -125,7 +126,7 @@ def scheduler_config(timesteps: str, latent: bool) -> dict:
 
 
 def _convert(fmt: str, src: Path, dst: Path, options: dict) -> dict:
-    from jaxmia.models.io import require_empty_folder
+    from jaxmia.models.formats import require_empty_folder
 
     require_empty_folder(Path(dst))
     src = Path(src)
