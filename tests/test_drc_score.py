@@ -177,7 +177,8 @@ def test_invert_config_errors_name_the_field():
         DRCConfig(restore="invert_masked", init="noise")
     with pytest.raises(ValueError, match=r"DRCConfig\.init: got 'mean', expected 'known' with restore='invert'"):
         DRCConfig(restore="invert", init="mean")
-    cfg = DRCConfig(restore="invert_masked", init="mean", steps=4, ratios=(0.2, 0.4))  # 2 kinds × 2 ratios
+    cfg = DRCConfig(restore="invert_masked", init="mean", steps=4, ratios=(0.2, 0.4), metrics=("mse",),
+                    score_metric="mse")  # 2 kinds × 2 ratios, no model metric
     assert network_calls_per_image(cfg) == 4 * 2 * 4 == network_calls_per_image(cfg.replace(restore="invert_renoise"))
     with pytest.raises(ValueError, match=r"DRCConfig\.init: got 'noise', expected 'known' or 'mean' with restore='invert_renoise'"):
         cfg.replace(restore="invert_renoise", init="noise")
@@ -193,6 +194,32 @@ def test_model_distance_closed_form(rng):
     got = float(D.model_distance(eps_x, den, jnp.asarray(y), t, jnp.asarray(noise)))
     want = AB[t] / (1 - AB[t]) * np.mean((x.astype(np.float64) - y) ** 2)
     assert got == pytest.approx(want, rel=1e-4)
+
+
+def test_model_metric_latent_closed_form(rng):
+    """Latent models: original and restorations are encoded with one key and compared in the latent
+    space; with a one-point latent denoiser the distance is ā_t/(1 − ā_t)·mean((E(x) − E(x̂))²)."""
+    pool = lambda x: x.reshape(x.shape[0], 4, 2, 4, 2, x.shape[-1]).mean(axis=(2, 4))  # noqa: E731
+    keys_seen = []
+
+    def encode(params, x, keys):
+        keys_seen.append(keys)
+        return pool(x)
+
+    image = jnp.asarray(rng.uniform(-1, 1, SHAPE).astype(np.float32))
+    base = analytic_denoiser(rng.uniform(-1, 1, (4, 4, 1)).astype(np.float32), SCHEDULE)
+    den = Denoiser(params=base.params, schedule=SCHEDULE, apply_fn=base.apply_fn, sample_shape=(4, 4, 1),
+                   x0_clip=None, encoder_params={}, encode_fn=encode,
+                   decode_fn=lambda p, z: jnp.repeat(jnp.repeat(z, 2, axis=1), 2, axis=2), image_shape=SHAPE)
+    cfg = DRCConfig(kinds=("center", "patches"), ratios=(0.5,), steps=3, metrics=("mse", "model"), score_metric="model",
+                    restore="invert_renoise", ssim_window=7, model_timestep=20)
+    out = drc_one(den, image, None, id_hashes(["a"])[0], root_key(0), cfg=cfg)
+    z_x, z_y = np.asarray(pool(image[None]), np.float64), np.asarray(pool(out["restored"]), np.float64)
+    want = AB[20] / (1 - AB[20]) * np.mean((z_x - z_y) ** 2, axis=(1, 2, 3))
+    np.testing.assert_allclose(np.asarray(out["scores"]["model"]), want, rtol=1e-4)
+    assert want.min() > 1e-4
+    last = jax.random.key_data(keys_seen[-1])
+    assert last.shape[0] == 3 and (last == last[0]).all()  # one encoder key for original and restorations
 
 
 def test_drc_one_new_options_and_call_count(rng):
@@ -226,7 +253,8 @@ def test_shared_noise_and_drc_score_column(tmp_path, rng):
     img = rng.uniform(-1, 1, SHAPE).astype(np.float32)
     others = rng.uniform(-1, 1, (2,) + SHAPE).astype(np.float32)
     data = Dataset(["p", "q", "r", "s"], np.concatenate([img[None], img[None], others]), None, "t")
-    base = DRCConfig(kinds=("center", "patches"), ratios=(0.25,), steps=3, ssim_window=7, eta=1.0)
+    base = DRCConfig(kinds=("center", "patches"), ratios=(0.25,), steps=3, ssim_window=7, eta=1.0, restore="repaint",
+                     metrics=("mse", "psnr", "ssim"), score_metric="psnr")
     tabs = {}
     for shared in (False, True):
         run_drc(den, data, base.replace(shared_noise=shared), tmp_path / str(shared), evidence=0, progress=False,
