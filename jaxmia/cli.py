@@ -123,7 +123,7 @@ def parse_sets(sets, sections, *, legacy_section=None, **flags) -> dict:
 @click.option("--restore", type=click.Choice(["repaint", "invert", "invert_masked", "invert_renoise"]), default=None,
               help="repaint: keyed-noise inpainting; invert_masked: DDIM inversion of the degraded image; "
                    "invert_renoise: the same with the hole re-noised at t_start; invert: DDIM inversion of the "
-                   "ORIGINAL image, which sees the hole (a reconstruction attack) [repaint].")
+                   "ORIGINAL image, which sees the hole (a reconstruction attack) [invert_renoise].")
 @click.option("--ratios", default=None, help="Hole ratios, comma-separated [0.1,0.2,0.3,0.4,0.5].")
 @click.option("--kinds", default=None, help="Mask kinds: center, rect, patches [center,patches].")
 @set_option("drc", example="drc.strength=0.3")
