@@ -120,6 +120,10 @@ def parse_sets(sets, sections, *, legacy_section=None, **flags) -> dict:
 @click.option("--steps", type=int, default=None, help="Sampling steps K per restoration [50].")
 @click.option("--strength", type=float, default=None, help="Start at t = round(s*T) - 1, s in (0, 1] [0.5].")
 @click.option("--eta", type=float, default=None, help="0 = DDIM, 1 = DDPM ancestral [0].")
+@click.option("--restore", type=click.Choice(["repaint", "invert", "invert_masked", "invert_renoise"]), default=None,
+              help="repaint: keyed-noise inpainting; invert_masked: DDIM inversion of the degraded image; "
+                   "invert_renoise: the same with the hole re-noised at t_start; invert: DDIM inversion of the "
+                   "ORIGINAL image, which sees the hole (a reconstruction attack) [invert_renoise].")
 @click.option("--ratios", default=None, help="Hole ratios, comma-separated [0.1,0.2,0.3,0.4,0.5].")
 @click.option("--kinds", default=None, help="Mask kinds: center, rect, patches [center,patches].")
 @set_option("drc", example="drc.strength=0.3")
@@ -129,8 +133,8 @@ def parse_sets(sets, sections, *, legacy_section=None, **flags) -> dict:
                    "embeddings of original and restoration (the paper's compare) [pixel metrics only].")
 @captions_option
 @model_options
-def drc_command(model, data, out_dir, seed, batch_size, per_device_batch, steps, strength, eta, ratios, kinds, sets,
-                evidence, embedder, captions, scheduler, family):
+def drc_command(model, data, out_dir, seed, batch_size, per_device_batch, steps, strength, eta, restore, ratios, kinds,
+                sets, evidence, embedder, captions, scheduler, family):
     """DRC-style membership scores: degrade MODEL's view of DATA, restore, compare.
 
     Writes OUT/drc_scores.npz (one column per metric and task), evidence PNGs and OUT/config.json.
@@ -138,9 +142,10 @@ def drc_command(model, data, out_dir, seed, batch_size, per_device_batch, steps,
     from jaxmia.config import write_config_json
     from jaxmia.data import load_dataset
     from jaxmia.drc import DRCConfig, run_drc
+    from jaxmia.drc.config import RESTORE_ABOUT
 
     nested = parse_sets(sets, ("drc",), drc__steps=steps, drc__strength=strength, drc__eta=eta, drc__kinds=kinds,
-                        drc__ratios=ratios)
+                        drc__ratios=ratios, drc__restore=restore)
     cfg = DRCConfig.from_dict(nested.get("drc", {}), source="jaxmia drc")
     embed_fn = None
     if embedder is not None:
@@ -156,6 +161,8 @@ def drc_command(model, data, out_dir, seed, batch_size, per_device_batch, steps,
     write_config_json({"drc": cfg}, Path(out_dir) / "config.json")
     click.echo(f"DRC-style (jaxmia recipe): {result['n_images']} images, {len(result['columns'])} columns, "
                f"{result['network_calls_per_image']} network calls per image, {result['seconds']:.1f}s")
+    click.echo(f"restoration: {cfg.restore} (strength {cfg.strength:g}, K = {cfg.steps}, init {cfg.init}): "
+               f"{RESTORE_ABOUT[cfg.restore]}")
     click.echo(f"scores: {result['table']}")
     if result["summary"]:
         click.echo(f"evidence: {result['summary']} (+{len(result['evidence'])} per-image grids)")

@@ -105,6 +105,8 @@ class Size:
     drc_ratios: tuple = (0.25, 0.5)
     drc_steps: int = 20
     drc_strength: float = 0.5
+    drc_restore: str = "invert_renoise"  # the DRCConfig default (docs/results/drc_ablation.md)
+    drc_score_metric: str = "model"  # scored by the target denoiser's own view (DRCConfig default)
     drc_members: int = 200
     drc_calibration: int = 200
     drc_nonmembers: int = 400
@@ -384,7 +386,15 @@ def cdi_features(denoiser, data, size: Size, out: Path, *, progress: bool) -> tu
 def drc_config(size: Size):
     from jaxmia.drc import DRCConfig
 
-    return DRCConfig(kinds=size.drc_kinds, ratios=size.drc_ratios, steps=size.drc_steps, strength=size.drc_strength)
+    return DRCConfig(kinds=size.drc_kinds, ratios=size.drc_ratios, steps=size.drc_steps, strength=size.drc_strength,
+                     restore=size.drc_restore, metrics=tuple(dict.fromkeys(("mse", "psnr", "ssim", size.drc_score_metric))),
+                     score_metric=size.drc_score_metric)
+
+
+def _drc_calls(size: Size) -> int:
+    from jaxmia.drc import network_calls_per_image
+
+    return network_calls_per_image(drc_config(size))
 
 
 def drc_scores(denoiser, data, labels: dict, size: Size, out: Path, *, progress: bool) -> tuple[dict, bool]:
@@ -1063,9 +1073,10 @@ def _mia_method_text(header: dict, size: Size) -> str:
         "instead). **DRC** (degrade, restore, compare; docs/methods/mia.md §4.2, jaxmia's recipe, not the paper's "
         f"code) restores {len(size.drc_kinds) * len(size.drc_ratios)} masked versions of each image "
         f"({' and '.join(size.drc_kinds)} masks, hole ratios {', '.join(f'{r:g}' for r in size.drc_ratios)}; "
-        f"DDIM, strength {size.drc_strength:g}, {size.drc_steps} steps), scores PSNR on the hole, and averages "
+        f"`{size.drc_restore}`, strength {size.drc_strength:g}, {size.drc_steps} steps), scores `{size.drc_score_metric}` "
+        "(psnr/model: docs/methods/mia.md §4.2 'Compare'), and averages "
         "the per-task z-scores fitted on separate calibration non-members. It costs "
-        f"{len(size.drc_kinds) * len(size.drc_ratios) * size.drc_steps} network calls per image, so it runs on a "
+        f"{_drc_calls(size)} network calls per image, so it runs on a "
         "seeded subset; the last column gives every attack's AUC on exactly that subset. Which restoration and "
         "comparison make DRC work, and the label-free `drc_score` of `jaxmia drc`, are measured by "
         "`python scripts/drc_ablation.py` in `docs/results/drc_ablation.md`.")

@@ -220,7 +220,7 @@ def test_drc_scores_by_clip_cosine(tmp_path, monkeypatch):
         return embedder(images)
 
     cfg = with_embedding_metric(DRCConfig(kinds=("center",), ratios=(0.25,), steps=2))
-    assert cfg.metrics == ("mse", "psnr", "ssim", "cos") and cfg.score_metric == "cos"
+    assert cfg.metrics == ("mse", "psnr", "ssim", "model", "cos") and cfg.score_metric == "cos"  # the defaults + cos
     run_drc(analytic_denoiser(x_star, schedule), Dataset(["p0", "p1", "u0"], data, None, "d"), cfg,
             tmp_path / "lib", evidence=0, progress=False, embed_fn=recording)
     originals, restored = seen
@@ -265,7 +265,7 @@ def test_audit_drc_stage_uses_the_embedder(tmp_path):
     assert drc["metric"] == "cos" and drc["embedder"]["output"] == "image_embeds"
     for side in ("published", "unpublished"):
         table = load_table(tmp_path / "drc" / side / "drc_scores.npz")
-        assert table.meta["drc"]["config"]["metrics"] == ["mse", "psnr", "ssim", "cos"]
+        assert table.meta["drc"]["config"]["metrics"] == ["mse", "psnr", "ssim", "model", "cos"]
         assert drc[side]["mean_cos"] == pytest.approx(float(table.column("drc_cos_center_r25").mean()))
     assert drc["published"]["mean_cos"] == pytest.approx(1.0, abs=1e-4)  # members restored (almost) exactly
     assert drc["unpublished"]["mean_cos"] < 0.999

@@ -23,7 +23,9 @@ from jaxmia.table import load_table
 from features_util import assert_close_across_programs
 
 SCHEDULE = make_schedule(num_train_timesteps=1000)
-CFG = DRCConfig(kinds=("center", "patches"), ratios=(0.25,), steps=3, ssim_window=7)
+# RePaint with the pixel metrics (the pre-ablation defaults, pinned: these tests are about the driver).
+CFG = DRCConfig(kinds=("center", "patches"), ratios=(0.25,), steps=3, ssim_window=7, restore="repaint",
+                metrics=("mse", "psnr", "ssim"), score_metric="psnr")
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -131,8 +133,11 @@ def test_run_drc_input_errors(tmp_path, rng):
     with pytest.raises(ValueError, match="'user'"):
         drc_features(den, jnp.zeros((8, 8, 1)), None, jrng.id_hashes(["a"])[0], jrng.root_key(0),
                      CFG.replace(kinds=("user",)))
-    assert network_calls_per_image(DRCConfig()) == 500
-    assert network_calls_per_image(DRCConfig(n_resample=10)) == 10 * 410
+    # The default: invert_renoise, 10 tasks × 2K = 100 calls, plus 1 + 10 for the model metric.
+    assert network_calls_per_image(DRCConfig()) == 10 * 100 + 11
+    repaint = DRCConfig(restore="repaint", metrics=("mse", "psnr", "ssim"), score_metric="psnr")
+    assert network_calls_per_image(repaint) == 500
+    assert network_calls_per_image(repaint.replace(n_resample=10)) == 10 * 410
 
 
 def test_user_holes_and_embedding_cosine(tmp_path, rng):
@@ -169,11 +174,18 @@ def test_cli_drc(tmp_path, rng, monkeypatch):
                                        "--ratios", "0.25", "--kinds", "center", "--evidence", "0",
                                        "--batch-size", "4"])
     assert result.exit_code == 0, result.output
-    assert "2 network calls per image" in result.output
+    # The default restoration (invert_renoise: 2K calls per task) and the model metric (1 + R calls).
+    assert "6 network calls per image" in result.output and "restoration: invert_renoise" in result.output
     table = load_table(tmp_path / "out" / "drc_scores.npz")
-    assert table.names == ("drc_mse_center_r25", "drc_psnr_center_r25", "drc_ssim_center_r25", "drc_score")
-    psnr = table.column("drc_psnr_center_r25").astype(np.float64)  # one task: drc_score = z of its psnr
-    np.testing.assert_allclose(table.column("drc_score"), (psnr - psnr.mean()) / psnr.std(), rtol=1e-6)
+    assert table.names == ("drc_mse_center_r25", "drc_psnr_center_r25", "drc_ssim_center_r25", "drc_model_center_r25",
+                           "drc_score")
+    model = -table.column("drc_model_center_r25").astype(np.float64)  # one task: drc_score = z of −model
+    np.testing.assert_allclose(table.column("drc_score"), (model - model.mean()) / model.std(), rtol=1e-5)
+    assert table.meta["drc"]["config"]["restore"] == "invert_renoise" and "DEGRADED" in table.meta["drc"]["restoration"]
+    old = CliRunner().invoke(main, ["drc", "fake-model", str(npz), "--out", str(tmp_path / "rp"), "--steps", "2",
+                                    "--ratios", "0.25", "--kinds", "center", "--evidence", "0", "--restore", "repaint"])
+    assert old.exit_code == 0 and "restoration: repaint" in old.output, old.output
+    assert "sees the hole" in CliRunner().invoke(main, ["drc", "--help"]).output.replace("\n", " ").replace("  ", " ")
     assert not (tmp_path / "out" / "evidence").exists()
     bad = CliRunner().invoke(main, ["drc", "m", str(npz), "--out", str(tmp_path / "o2"), "--ratios", "0.25,x"])
-    assert bad.exit_code == 2 and "--ratios" in bad.output
+    assert bad.exit_code == 2 and "ratios='0.25,x'" in bad.output

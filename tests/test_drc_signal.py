@@ -10,7 +10,8 @@ from jaxmia.inference import CdiConfig, run_cdi
 from jaxmia.table import load_table
 from features_util import assert_close_across_programs, fast_compile, tiny_dataset, tiny_denoiser
 
-SECTION = {"kinds": ["center", "patches"], "ratios": [0.25], "steps": 2}
+SECTION = {"kinds": ["center", "patches"], "ratios": [0.25], "steps": 2, "restore": "repaint",
+           "metrics": ["mse", "psnr", "ssim"], "score_metric": "psnr"}
 
 
 def test_drc_signal_equals_the_drc_driver(tmp_path):

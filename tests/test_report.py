@@ -47,7 +47,8 @@ def _report(tmp_path, rng, shape):
                         {"higher_is_member": ["a"]})
     mia = evaluate_mia(both, {i: 1 for i in p.ids.tolist()} | {i: 0 for i in u.ids.tolist()})
     results = {side: _fake_drc_result(tmp_path, rng, side, shape) for side in S.SIDES}
-    drc = S.DrcEvidence("psnr", S.drc_side(results["published"], "psnr"), S.drc_side(results["unpublished"], "psnr"))
+    drc = S.DrcEvidence("psnr", S.drc_side(results["published"], "psnr"), S.drc_side(results["unpublished"], "psnr"),
+                        restoration="repaint: RePaint <keyed>")
     v = cdi["verdict"]
     conclusion = S.Conclusion("no_evidence", "NO EVIDENCE", "summary text", [], [], v["p_value"], f"{v['p_value']:.3g}",
                               bool(v["reject"]), None)
@@ -111,6 +112,7 @@ def test_drc_section_shows_p_and_u_panels_with_scores_upscaled(tmp_path, rng, sh
         assert img["class"] == "native"
     html = (tmp_path / "out" / "report.html").read_text()
     assert "image-rendering:pixelated" in html and "max-width:none" in html
+    assert "Restoration: repaint: RePaint &lt;keyed&gt;." in html  # which restoration ran, escaped
     # report.json: the DRC block keeps its shape; the mean is over every image and task of the metric.
     saved = json.loads((tmp_path / "out" / "report.json").read_text())
     assert saved == json.loads(json.dumps(data))
@@ -120,6 +122,7 @@ def test_drc_section_shows_p_and_u_panels_with_scores_upscaled(tmp_path, rng, sh
         assert d["mean_psnr"] == pytest.approx(results[side]["scores"].values[:, :2].mean(), rel=1e-12)
         assert d["evidence"] == results[side]["evidence"]
     assert saved["drc"]["metric"] == "psnr" and saved["timings_s"] == {"cdi": 0.12}
+    assert saved["drc"]["restoration"] == "repaint: RePaint <keyed>"
     assert list(saved) == ["kind", "conclusion", "verdict", "summary", "shift", "samples_needed", "curve",
                            "null_calibration", "features", "pairing", "mia_context", "drc", "captions", "data_checks",
                            "published", "unpublished", "model", "config", "seed", "versions", "timings_s", "compile",

@@ -289,8 +289,11 @@ def _drc_evidence(denoiser, p_set, u_set, cfg: AuditConfig, out: Path, quiet: bo
         r = run_drc(denoiser, ds, cfg.drc, out / side, per_device_batch=max(1, min(k, 8)), seed=cfg.audit.seed,
                     progress=not quiet, evidence=len(ds), embed_fn=embed_fn)
         sides[side] = drc_side(r, cfg.drc.score_metric)
+    from jaxmia.drc.config import RESTORE_ABOUT
+
     return DrcEvidence(metric=cfg.drc.score_metric, published=sides["published"], unpublished=sides["unpublished"],
-                       embedder=None if embed_fn is None else embed_fn.info)
+                       embedder=None if embed_fn is None else embed_fn.info,
+                       restoration=f"{cfg.drc.restore}: {RESTORE_ABOUT[cfg.drc.restore]}")
 
 
 def _shift_checks(denoiser, p_set, u_set, u_table, cfg: AuditConfig, cache: Path, file_check, quiet: bool) -> dict:

@@ -24,7 +24,7 @@ from jaxmia import runtime
 from jaxmia import schedule as sched
 from jaxmia.data import Dataset
 from jaxmia.drc.aggregate import drc_score
-from jaxmia.drc.config import DRCConfig, tasks
+from jaxmia.drc.config import RESTORE_ABOUT, DRCConfig, tasks
 from jaxmia.drc.evidence import evidence_grid, safe_filename, summary_grid
 from jaxmia.drc.features import drc_one
 from jaxmia.drc.masks import user_masks
@@ -272,7 +272,8 @@ def _meta(denoiser, dataset, cfg, seed, placed, devices, plan, task_list, fracti
             "orientation": {m: ("higher = member" if ORIENTATION[m] > 0 else "lower = member") for m in cfg.metrics},
             "t_start": plan.t_start,
             "timesteps": list(plan.timesteps),
-            "network_calls_per_image": len(task_list) * plan.network_calls,
+            "network_calls_per_image": network_calls_per_image(cfg, denoiser.schedule.num_train_timesteps),
+            "restoration": RESTORE_ABOUT[cfg.restore],
         },
     }
 

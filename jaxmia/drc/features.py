@@ -22,7 +22,7 @@ from jaxmia import schedule as sched
 from jaxmia.drc.config import DRCConfig, tasks
 from jaxmia.drc.masks import hole_fraction, purpose_keys, task_masks
 from jaxmia.drc.metrics import compare, model_distance
-from jaxmia.drc.restore import inpaint_one, plan_for
+from jaxmia.drc.restore import ENCODE_FOLD, inpaint_one, plan_for
 
 
 def COLUMNS(cfg: DRCConfig) -> list[str]:  # noqa: N802 (the registry's protocol name)
@@ -66,13 +66,20 @@ def drc_one(denoiser, image, cond, id_hash, root, user_mask=None, *, cfg: DRCCon
 
 def _model_scores(denoiser, image, restored, cond, id_hash, root, cfg: DRCConfig):
     """(R,) :func:`~jaxmia.drc.metrics.model_distance` of every task's restoration; one ε per image
-    (purpose ``"drc-model"``, shared by all images under ``shared_noise``), shared by its tasks."""
+    (purpose ``"drc-model"``, shared by all images under ``shared_noise``), shared by its tasks.
+
+    Latent models compare in the denoiser's input space: the original and every (pixel)
+    restoration are encoded with ONE encoder key (the same purpose key folded with
+    :data:`~jaxmia.drc.restore.ENCODE_FOLD`), so only the restoration differs."""
     t = cfg.model_timestep
     if t >= denoiser.schedule.num_train_timesteps:
         raise ValueError(f"DRCConfig.model_timestep: got {t}, expected < T = {denoiser.schedule.num_train_timesteps}")
-    if denoiser.is_latent:
-        raise ValueError("DRC metric 'model' compares in the denoiser's input space; latent models are not supported")
     key = purpose_keys(root, ["drc-model"], None if cfg.shared_noise else id_hash)[0]
+    if denoiser.is_latent:
+        k_encode = jax.random.fold_in(key, ENCODE_FOLD)
+        batch = jnp.concatenate([image[None], restored.astype(image.dtype)])
+        z = denoiser.encode_fn(denoiser.encoder_params, batch, jnp.stack([k_encode] * batch.shape[0]))
+        image, restored = z[0], z[1:]
     noise = jax.random.normal(key, image.shape, image.dtype)
     eps_x = denoiser.eps(sched.q_sample(denoiser.schedule, image, t, noise), jnp.asarray(t, jnp.int32), cond)
     return jax.vmap(lambda y: model_distance(eps_x, denoiser, y, t, noise, cond))(restored)

@@ -151,6 +151,8 @@ def _drc_section(drc: DrcEvidence, p_text: str, alpha) -> list:
            f"of the {len(drc.published.images)} and {len(drc.unpublished.images)} images restored, ranked within "
            f"their own set. DRC score: {html.escape(metric)} between original and restoration, mean over the "
            f"masks ({better} = more member-like).</p>",
+           (f"<p class='small drc-restoration'>Restoration: {html.escape(drc.restoration)}.</p>"
+            if drc.restoration else ""),
            f"<p class='small'>These pictures illustrate; they do not decide. The verdict rests on the test above "
            f"(p = {html.escape(p_text)}, α = {_fmt(alpha)}), computed over every image of P and U. Mean DRC "
            f"score of the restored images: P {_fmt(drc.published.mean)}, U {_fmt(drc.unpublished.mean)}.</p>",

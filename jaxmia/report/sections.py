@@ -123,6 +123,7 @@ class DrcEvidence:
     published: DrcSide
     unpublished: DrcSide
     embedder: Optional[dict] = None
+    restoration: Optional[str] = None  # which restoration ran (jaxmia.drc.config.RESTORE_ABOUT), one line
 
     @property
     def higher_is_member(self) -> bool:
@@ -139,6 +140,8 @@ class DrcEvidence:
         out["metric"] = self.metric
         if self.embedder is not None:
             out["embedder"] = self.embedder
+        if self.restoration is not None:
+            out["restoration"] = self.restoration
         return out
 
 
