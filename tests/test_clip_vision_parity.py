@@ -259,7 +259,7 @@ def test_audit_drc_stage_uses_the_embedder(tmp_path):
     p_set = Dataset(["p0", "p1", "p2"], x_star, None, "P")
     u_set = Dataset(["u0", "u1"], rng.uniform(-1, 1, (2, 8, 8, 1)).astype(np.float32), None, "U")
     cfg = load_config(None, {"audit": {"drc_images": 2, "drc_embedder": str(tmp_path / "clip")},
-                             "drc": {"kinds": ["center"], "ratios": [0.25], "steps": 2}})
+                             "drc": {"kinds": ["center"], "ratios": [0.25], "steps": 2, "restore": "repaint"}})
     assert cfg.to_dict()["audit"]["drc_embedder"] == str(tmp_path / "clip")
     drc = _drc_evidence(denoiser, p_set, u_set, cfg, tmp_path / "drc", quiet=True).to_json()  # the report's form
     assert drc["metric"] == "cos" and drc["embedder"]["output"] == "image_embeds"

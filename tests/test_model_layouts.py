@@ -134,7 +134,9 @@ def test_cli_flags_and_inspect(tmp_path, unet, scheduler):
     meta = json.loads((tmp_path / "f.npz.json").read_text())
     assert meta["identity"]["schedule_digest"] == sched.schedule_digest(
         load_denoiser(tmp_path / "bare", family="ddpm_pixel").schedule)
-    # the 500-step schedule is refused for the default timesteps, naming the problem
+    # the 500-step schedule is refused for a timestep the requested signal queries beyond it, naming the problem
+    # (only the requested signals' timesteps count: loss at its default t = 100 fits)
     result = runner.invoke(main, ["features", str(tmp_path / "bare"), str(tmp_path / "data.npz"), "--features",
-                                  "loss", "--out", str(tmp_path / "g.npz"), "--scheduler", str(tmp_path / "sched")])
+                                  "loss", "--set", "features.dl_timestep=600", "--out", str(tmp_path / "g.npz"),
+                                  "--scheduler", str(tmp_path / "sched")])
     assert result.exit_code == 2 and "outside the model's schedule (0..499)" in result.output
