@@ -33,10 +33,15 @@ class CleanErrors(click.Group):
 @click.option("--compile-cache", "compile_cache_dir", type=click.Path(file_okay=False), default=None,
               help="persistent XLA compile cache [default: $JAXMIA_COMPILE_CACHE or ~/.cache/jaxmia/xla]")
 @click.option("--no-compile-cache", is_flag=True, help="compile every program afresh (no persistent cache)")
-def main(compile_cache_dir, no_compile_cache):
+@click.option("--cpu-devices", default=None, metavar="N|auto",
+              help="JAX devices a CPU host is split into, the batch sharded over them (XLA:CPU runs a "
+                   "convolution on one thread) [default: $JAXMIA_CPU_DEVICES or auto = one per usable core]")
+def main(compile_cache_dir, no_compile_cache, cpu_devices):
     """Membership and dataset inference for diffusion models (CDI, DRC, SecMI, PIA)."""
     from jaxmia import compile_cache  # compile once: a second run loads its programs (jaxmia/compile_cache.py)
+    from jaxmia import host_devices  # every core of a CPU host (jaxmia/host_devices.py)
 
+    host_devices.configure(cpu_devices)
     compile_cache.configure(compile_cache_dir, off=no_compile_cache)
 
 
