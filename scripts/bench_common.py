@@ -48,6 +48,9 @@ CIFAR_UNET_CONFIG = {
     "mid_block_scale_factor": 1,
 }
 TARGETS = ("demo", "rgb", "cifar")
+TARGET_HELP = ("demo: the bundled 0.28M-parameter 8x8 target; rgb: the bundled 32x32x3 target; cifar: a "
+               "ddpm-cifar10-32-shaped UNet (35.7M, random weights); or the path of any UNet2DModel folder "
+               "(as diffusers' save_pretrained writes it, with its scheduler)")
 PRECISIONS = ("default", "highest")
 
 
@@ -59,8 +62,9 @@ def common_options(fn):
     import click
 
     options = [
-        click.option("--cpu-devices", default=2, show_default=True,
-                     help="host CPU devices for jaxmia's data mesh (ignored on GPU hosts)"),
+        click.option("--cpu-devices", default="auto", show_default=True, metavar="N|auto",
+                     help="host CPU devices for jaxmia's data mesh, as the jaxmia CLI's --cpu-devices "
+                          "(auto = one per usable core; ignored on GPU hosts)"),
         click.option("--torch-threads", default="1,2", show_default=True,
                      help="PyTorch CPU thread counts to time; the fastest is the baseline (ignored on cuda)"),
         click.option("--torch-device", default="auto", show_default=True, help="auto, cpu or cuda"),
@@ -84,7 +88,7 @@ class Session:
     info: dict
 
 
-def start(title: str, cpu_devices: int, torch_threads: str, torch_device: str, precision: str) -> Session:
+def start(title: str, cpu_devices, torch_threads: str, torch_device: str, precision: str) -> Session:
     """Devices, PyTorch and precision set up; prints and returns the machine description."""
     devices = setup_devices(cpu_devices)
     device = torch_setup(torch_device, precision)
@@ -96,17 +100,19 @@ def start(title: str, cpu_devices: int, torch_threads: str, torch_device: str, p
     return Session(devices, device, threads, info)
 
 
-def setup_devices(cpu_devices: int) -> list:
-    """Splits the host CPU into ``cpu_devices`` JAX devices (must run before JAX's first operation).
+def setup_devices(cpu_devices) -> list:
+    """Splits the host CPU into ``cpu_devices`` JAX devices (``"auto"``: one per usable core), as the
+    jaxmia CLI does (``jaxmia.host_devices.configure``; must run before JAX's first operation).
 
-    On this 2-core machine, sharding a batch over 2 host devices is the one XLA:CPU setting that pays
-    (about 1.6x on a UNet forward; docs/methods/models.md §10-11). On a GPU host the CPU count is
-    irrelevant: the returned devices are the accelerators.
+    XLA:CPU runs a convolution on one thread, so one device per core is what uses the host
+    (docs/benchmarks.md §10). On a GPU host the CPU count is irrelevant: the returned devices are
+    the accelerators.
     """
     import jax
 
-    if cpu_devices > 1:
-        jax.config.update("jax_num_cpu_devices", int(cpu_devices))
+    from jaxmia import host_devices
+
+    host_devices.configure(cpu_devices)
     return jax.devices()
 
 
@@ -224,12 +230,41 @@ def cifar_target(n_images: int, seed: int = 0) -> Target:
     return Target("cifar", denoiser, spec.config.to_diffusers(), images, _n_params(params))
 
 
+def folder_target(path, n_images: int, seed: int = 0) -> Target:
+    """Any pixel-space, unconditional ``UNet2DModel`` folder (as diffusers' ``save_pretrained``
+    writes it, with its scheduler; every layout ``jaxmia.models.load_denoiser`` reads) and random
+    images in [-1, 1] of its sample shape. PyTorch gets the same weights as a diffusers
+    ``UNet2DModel``; other classes have no PyTorch baseline here and are refused by name."""
+    from pathlib import Path
+
+    from jaxmia.fileio import read_json
+    from jaxmia.models import load_denoiser
+    from jaxmia.models.loading import resolve
+
+    folder = Path(path)
+    if not folder.exists():
+        raise FileNotFoundError(f"{folder}: no such model folder (or give a bundled target: {', '.join(TARGETS)})")
+    layout = resolve(folder)
+    config = read_json(layout.model_dir / "config.json", what="model config")
+    if config.get("_class_name", "UNet2DModel") != "UNet2DModel" or layout.encoder_dir is not None:
+        raise ValueError(f"{layout.model_dir}: the PyTorch baseline takes a pixel-space UNet2DModel, this folder "
+                         f"holds {config.get('_class_name')!r}{' with a latent autoencoder' if layout.encoder_dir else ''}")
+    denoiser = load_denoiser(folder)
+    if denoiser.cond_kind != "none":
+        raise ValueError(f"{layout.model_dir}: the benchmark rows are unconditional; this model takes "
+                         f"{denoiser.cond_kind} conditioning")
+    rng = np.random.default_rng(seed)
+    images = np.clip(rng.normal(0.0, 0.5, (n_images, *denoiser.sample_shape)), -1, 1).astype(np.float32)
+    return Target(folder.name or str(folder), denoiser, config, images, _n_params(denoiser.params))
+
+
 def load_target(name: str, n_images: int) -> Target:
+    """A bundled target by name (``demo``, ``rgb``, ``cifar``) or a model folder's path."""
     if name in ("demo", "rgb"):
         return demo_target(n_images, name)
     if name == "cifar":
         return cifar_target(n_images)
-    raise ValueError(f"unknown target {name!r}; known: {', '.join(TARGETS)}")
+    return folder_target(name, n_images)
 
 
 def torch_unet(target: Target, device: str):
@@ -239,8 +274,7 @@ def torch_unet(target: Target, device: str):
 
     from jaxmia.models import flax_to_torch
 
-    config = {k: v for k, v in target.config.items() if not k.startswith("_")}
-    model = diffusers.UNet2DModel(**config)
+    model = diffusers.UNet2DModel.from_config(target.config)  # tolerates keys of other diffusers versions
     state = {k: torch.from_numpy(np.array(v)) for k, v in flax_to_torch(target.denoiser.params).items()}
     model.load_state_dict(state, strict=True)
     return model.eval().to(device)

@@ -172,7 +172,7 @@ def bench_config(target, batch, cfg, reps, session, tmodel, flops, peak_tflops, 
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--target", type=click.Choice(bc.TARGETS), default="demo", show_default=True)
+@click.option("--target", default="demo", show_default=True, help=bc.TARGET_HELP)
 @click.option("--images", default=16, show_default=True, help="images restored per repetition")
 @click.option("--batch", default=8, show_default=True,
               help="images per compiled call (run_drc's default: 8 per device)")

@@ -219,7 +219,7 @@ def bench(target, n_images, batch, timesteps, n_draws, reps, session, peak_tflop
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--target", type=click.Choice(bc.TARGETS), default="demo", show_default=True)
+@click.option("--target", default="demo", show_default=True, help=bc.TARGET_HELP)
 @click.option("--images", default=256, show_default=True)
 @click.option("--batch", default=64, show_default=True, help="images per compiled call (a multiple of the devices)")
 @click.option("--timesteps", default="0,100,200,300,400,500,600,700,800,900", show_default=True)

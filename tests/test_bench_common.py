@@ -103,3 +103,37 @@ def test_eval_counter_is_thread_safe():
     for t in threads:
         t.join()
     assert counter.forward == 40_000 and counter.backward == 0
+
+
+def test_folder_target_gives_pytorch_the_same_weights(tmp_path):
+    """A folder saved by diffusers' PyTorch code: jaxmia's and the baseline's forward agree."""
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("diffusers")
+    import jax
+    import numpy as np
+    from make_bench_unet import make_unet_folder
+
+    n = make_unet_folder(tmp_path / "unet", size=8, channels=2, blocks=(8, 16), attention_levels=(1,), norm_groups=4)
+    target = bc.load_target(str(tmp_path / "unet"), 3)
+    assert target.n_params == n
+    assert target.images.shape == (3, 8, 8, 2) and target.images.dtype == np.float32
+    assert np.abs(target.images).max() <= 1
+    t = np.array([10, 500, 999])
+    ours = np.asarray(jax.jit(target.denoiser.apply_fn)(target.denoiser.params, target.images, t, None))
+    model = bc.torch_unet(target, "cpu")
+    with torch.no_grad():
+        theirs = model(torch.from_numpy(target.images).permute(0, 3, 1, 2), torch.from_numpy(t)).sample
+    np.testing.assert_allclose(ours, theirs.permute(0, 2, 3, 1).numpy(), rtol=1e-4, atol=1e-5)
+
+
+def test_folder_target_refuses_what_has_no_pytorch_baseline(tmp_path):
+    import json
+
+    with pytest.raises(FileNotFoundError, match=r"no such model folder \(or give a bundled target: demo, rgb, cifar\)"):
+        bc.load_target(str(tmp_path / "absent"), 2)
+    folder = tmp_path / "cond"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({"_class_name": "UNet2DConditionModel", "sample_size": 8}))
+    with pytest.raises(ValueError, match=r"the PyTorch baseline takes a pixel-space UNet2DModel, this folder holds "
+                                         r"'UNet2DConditionModel'"):
+        bc.load_target(str(folder), 2)
